@@ -1,0 +1,101 @@
+"""AnnealRunner: the NCSN (Song & Ermon 2019, Sec. 4): annealed DSM/SSM training, annealed Langevin sampling."""
+import logging
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from datasets import data_transform, get_dataset, inverse_data_transform
+from losses import anneal_dsm_per_example, anneal_dsm_score_estimation, anneal_sliced_per_example
+from models import CondRefineNetDilated, anneal_langevin_dynamics, geometric_sigmas
+from runners.common import (grid_image, load_checkpoint, load_model_state, prepare_output_folder, save_gif,
+                            save_grid, setup_training, train_loop)
+
+
+def build_ncsn(config):
+    d, m = config.data, config.model
+    return CondRefineNetDilated(channels=d.channels, image_size=d.image_size, ngf=m.ngf, num_classes=m.num_classes,
+                                logit_transform=d.logit_transform)
+
+
+def make_sigmas(config, device, dtype=torch.float32):
+    m = config.model
+    return geometric_sigmas(m.sigma_begin, m.sigma_end, m.num_classes, dtype=dtype, device=device)
+
+
+class AnnealRunner:
+    def __init__(self, args, config, device):
+        self.args, self.config, self.device = args, config, device
+
+    def train(self):
+        cfg = self.config
+        sigmas = make_sigmas(cfg, self.device)
+        t = cfg.training
+
+        def loss_fn(model, X):                                  # X: (B, C, H, W) in [0, 1]
+            X = data_transform(X, cfg.data)
+            labels = torch.randint(0, len(sigmas), (X.shape[0],), device=X.device)   # one level per example
+            if t.algo == "dsm":
+                return anneal_dsm_per_example(model, X, labels, sigmas, t.anneal_power), labels
+            return anneal_sliced_per_example(model, X, labels, sigmas, n_particles=t.n_particles)
+
+        def test_fn(model, X):                                  # always DSM, as official
+            X = data_transform(X, cfg.data)
+            labels = torch.randint(0, len(sigmas), (X.shape[0],), device=X.device)
+            with torch.no_grad():
+                return anneal_dsm_score_estimation(model, X, labels, sigmas, t.anneal_power)
+
+        s = setup_training(self.args, cfg, self.device, build_ncsn(cfg))
+        train_loop(loss_fn=loss_fn, test_fn=test_fn, test_name="test_dsm_loss", sigmas=sigmas, **s)
+
+    def test(self):
+        cfg, args, d, smp = self.config, self.args, self.config.data, self.config.sampling
+        path = Path(args.log) / "checkpoint.pth"
+        state = load_checkpoint(path, map_location=self.device)
+        folder = prepare_output_folder(args.image_folder, args.overwrite)
+        model = build_ncsn(cfg).to(self.device)
+        load_model_state(model, state, path)
+        model.eval()
+        sigmas = make_sigmas(cfg, self.device, dtype=torch.float64)   # step sizes in float64, as official
+        nrow = max(1, round(smp.n_samples ** 0.5))
+        shape = (d.channels, d.image_size, d.image_size)
+
+        mask = reference = None
+        if smp.inpainting:
+            # each of `nrow` test images is completed `nrow` times; the left half of the columns is observed
+            _, test = get_dataset(d, args.run)
+            refs = torch.stack([test[i][0] for i in range(nrow)]).to(self.device)          # (k, C, H, W)
+            reference = refs.repeat_interleave(nrow, dim=0)                               # (k*k, C, H, W)
+            mask = torch.zeros_like(reference)
+            mask[..., : d.image_size // 2] = 1
+            n = reference.shape[0]
+        else:
+            n = smp.n_samples
+        x = torch.rand(n, *shape, device=self.device)                                     # init U[0, 1)
+
+        total = len(sigmas) * smp.n_steps_each
+        frames = [grid_image(inverse_data_transform(x, d), nrow)]
+        bar = tqdm(total=total, desc="annealed Langevin", unit="step", dynamic_ncols=True, mininterval=1.0)
+
+        def callback(i, x_i):
+            bar.update(1)
+            if (i + 1) % smp.gif_every == 0 or i + 1 == total:
+                frames.append(grid_image(inverse_data_transform(x_i, d), nrow))
+            if smp.save_all_frames:
+                img = inverse_data_transform(x_i, d).cpu()
+                save_grid(img, folder / f"image_{i}.png", nrow)
+                torch.save(img, folder / f"image_raw_{i}.pth")
+
+        x = anneal_langevin_dynamics(model, x, sigmas, smp.n_steps_each, smp.step_lr, callback=callback,
+                                     denoise=smp.denoise, mask=mask, reference=reference)
+        bar.close()
+        samples = inverse_data_transform(x, d).cpu()                                       # (n, C, H, W)
+        name = "inpainting" if smp.inpainting else "samples"
+        if smp.inpainting:
+            rows = torch.cat([refs.cpu().unsqueeze(1), samples.view(nrow, nrow, *shape)], dim=1)
+            save_grid(rows.flatten(0, 1), folder / f"{name}.png", nrow + 1)
+        else:
+            save_grid(samples, folder / f"{name}.png", nrow)
+        torch.save(samples, folder / f"{name}.pth")
+        save_gif(frames, folder / "movie.gif")
+        logging.info("wrote %s, %s and %s", folder / f"{name}.png", folder / f"{name}.pth", folder / "movie.gif")
