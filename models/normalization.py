@@ -1,0 +1,84 @@
+"""Instance normalisation "++" used by the RefineNets (Song & Ermon 2019, Appendix A.1, Eq. (8)).
+
+For a feature map x (B, F, H, W) with per-channel spatial means mu_k and per-channel spatial std s_k::
+
+    z_k = gamma_k * (x_k - mu_k) / s_k + beta_k + alpha_k * (mu_k - m) / sqrt(v + eps)
+
+where m and v are the mean and the *unbiased* variance of (mu_1, ..., mu_F) over the channels.  Plain instance
+normalisation discards the channel means mu_k (and with them the colour of an image); the alpha term puts their
+standardised version back.
+
+``ConditionalInstanceNorm2dPlus`` looks gamma, alpha, beta up per noise level (an ``nn.Embedding`` indexed by the
+labels ``y``); ``InstanceNorm2dPlus`` holds one set of per-channel parameters (the single-noise baseline).  Attribute
+names, shapes, registration order and initialisation follow the official code so that released checkpoints load.
+"""
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+EPS = 1e-5  # both for the instance norm itself and for the standardisation of the channel means
+
+
+def standardized_channel_means(x, eps=EPS):
+    """(mu - m) / sqrt(v + eps) for x (B, F, H, W); mu (B, F) are spatial means, m, v their mean and unbiased
+    variance over the F channels (``torch.var`` default, as in the official code).  Returns (B, F)."""
+    means = x.mean(dim=(2, 3))                                     # (B, F)
+    m = means.mean(dim=1, keepdim=True)                            # (B, 1)
+    v = means.var(dim=1, keepdim=True)                             # (B, 1), unbiased
+    return (means - m) / torch.sqrt(v + eps)
+
+
+def _instance_norm_plus(x, gamma, alpha, beta):
+    """The "++" formula; gamma, alpha (B or 1, F) and beta (B or 1, F) or None.  Returns (B, F, H, W)."""
+    mean_shift = standardized_channel_means(x)                     # (B, F)
+    h = F.instance_norm(x, eps=EPS)                                # biased variance, no affine
+    h = h + (mean_shift * alpha)[..., None, None]                  # (B, F, 1, 1) broadcast over H, W
+    h = gamma[..., None, None] * h
+    if beta is not None:
+        h = h + beta[..., None, None]
+    return h
+
+
+class ConditionalInstanceNorm2dPlus(nn.Module):
+    """CondInstanceNorm++: gamma, alpha, beta = embed(y).chunk(3) (official order).  ``forward(x, y)``.
+
+    ``embed.weight`` is (num_classes, 3F) with bias (2F without); the gamma/alpha columns start at N(1, 0.02) and the
+    beta columns at 0.
+    """
+
+    def __init__(self, num_features, num_classes, bias=True):
+        super().__init__()
+        self.num_features = num_features
+        self.bias = bias
+        n_params = 3 if bias else 2
+        self.embed = nn.Embedding(num_classes, n_params * num_features)
+        with torch.no_grad():
+            self.embed.weight[:, :2 * num_features].normal_(1, 0.02)
+            self.embed.weight[:, 2 * num_features:].zero_()
+
+    def forward(self, x, y):
+        """x (B, F, H, W), y (B,) long noise-level indices -> (B, F, H, W)."""
+        params = self.embed(y)                                     # (B, 3F) or (B, 2F)
+        if self.bias:
+            gamma, alpha, beta = params.chunk(3, dim=-1)           # each (B, F)
+        else:
+            (gamma, alpha), beta = params.chunk(2, dim=-1), None
+        return _instance_norm_plus(x, gamma, alpha, beta)
+
+
+class InstanceNorm2dPlus(nn.Module):
+    """Unconditional InstanceNorm++: per-channel parameters alpha, gamma ~ N(1, 0.02) and beta = 0.  ``forward(x)``."""
+
+    def __init__(self, num_features, bias=True):
+        super().__init__()
+        self.num_features = num_features
+        self.bias = bias
+        self.alpha = nn.Parameter(torch.empty(num_features).normal_(1, 0.02))
+        self.gamma = nn.Parameter(torch.empty(num_features).normal_(1, 0.02))
+        if bias:
+            self.beta = nn.Parameter(torch.zeros(num_features))
+
+    def forward(self, x):
+        """x (B, F, H, W) -> (B, F, H, W)."""
+        beta = self.beta[None] if self.bias else None              # (1, F)
+        return _instance_norm_plus(x, self.gamma[None], self.alpha[None], beta)
