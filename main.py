@@ -50,6 +50,7 @@ def setup_logging(level, log_file=None):
     root = logging.getLogger()
     for h in list(root.handlers):
         root.removeHandler(h)
+        h.close()
     handlers = [_TqdmHandler()]
     if log_file is not None:
         handlers.append(logging.FileHandler(log_file))
@@ -59,32 +60,58 @@ def setup_logging(level, log_file=None):
     root.setLevel(level)
 
 
+def _log_to_file(level, message):
+    """Record why the run stopped at the end of its stdout.txt (the terminal gets the message as one plain line)."""
+    for h in logging.getLogger().handlers:
+        if isinstance(h, logging.FileHandler):
+            h.handle(logging.LogRecord("main", level, __file__, 0, message, None, None))
+
+
 def prepare_run(args):
-    """Load and validate the config; create (or check) the run folders.  Returns the Config."""
-    from configs import UserError, dump_config, load_config, resolve_config_path
+    """Load and validate the config; create (or check) the run folders.  Returns the Config.
+
+    Everything is validated before anything is created or deleted.  On ``--resume_training`` the run's config.yml is
+    left alone here: train_loop replaces it with each checkpoint it writes, so that it always describes checkpoint.pth.
+    """
+    from configs import ConfigError, UserError, dump_config, load_config, resolve_config_path
+    from configs.schema import check_for_runner
+
+    def load(path):                 # the config, checked against the runner's network; errors name the file
+        config = load_config(path)
+        try:
+            check_for_runner(config, args.runner)
+        except ConfigError as e:
+            raise ConfigError(f"{path}: {e}") from e
+        return config
+
     log, tb = Path(args.log), Path(args.tb)
     if args.test:
         saved = log / "config.yml"
         if not saved.is_file():
             raise UserError(f"no trained run at {log} (missing config.yml); train it first with --doc {args.doc}")
-        return load_config(saved)
+        return load(saved)
 
     if args.resume_training:
         if not (log / "checkpoint.pth").is_file():
             raise UserError(f"cannot resume: no checkpoint at {log / 'checkpoint.pth'}")
-        config = load_config(resolve_config_path(args.config) if args.config else log / "config.yml")
-    else:
-        config = load_config(resolve_config_path(args.config or "anneal.yml"))
-        existing = [p for p in (log, tb) if p.exists()]
-        if existing and not args.overwrite:
-            raise UserError(f"run '{args.doc}' already exists ({existing[0]}); use --resume_training to continue "
-                            f"it, another --doc, or --overwrite to replace it")
+        return load(resolve_config_path(args.config) if args.config else log / "config.yml")
+
+    config = load(resolve_config_path(args.config or "anneal.yml"))
+    existing = [p for p in (log, tb) if p.exists()]
+    if existing and not args.overwrite:
+        raise UserError(f"run '{args.doc}' already exists ({existing[0]}); use --resume_training to continue "
+                        f"it, another --doc, or --overwrite to replace it")
+    try:
         for p in existing:
             shutil.rmtree(p)
+    except OSError as e:
+        raise UserError(f"--overwrite: cannot remove {e.filename or existing[0]}: {e.strerror or e}") from e
     try:
         log.mkdir(parents=True, exist_ok=True)
         dump_config(config, log / "config.yml")
     except OSError as e:
+        if log.is_dir() and not any(log.iterdir()):
+            log.rmdir()                             # leave no empty run folder that would block the next attempt
         raise UserError(f"cannot write the run folder {log}: {e.strerror or e}") from e
     return config
 
@@ -121,7 +148,31 @@ def run(args):
         raise UserError(f"unknown runner {args.runner!r}; choose one of {', '.join(RUNNERS)}")
     args.log = os.path.join(args.run, "logs", args.doc)
     args.tb = os.path.join(args.run, "tensorboard", args.doc)
+    device = pick_device(args.device)
     config = prepare_run(args)
+    if args.test or args.resume_training:
+        return _run_runner(args, config, device)
+    try:
+        return _run_runner(args, config, device)
+    except BaseException:
+        _remove_if_no_checkpoint(args)
+        raise
+
+
+def _remove_if_no_checkpoint(args):
+    """A new run that failed before its first checkpoint leaves nothing behind (the folders are this invocation's
+    own: prepare_run refuses existing ones without --overwrite), so that the corrected command can simply run again."""
+    log = Path(args.log)
+    if any(log.glob("checkpoint*.pth")):
+        return
+    setup_logging(args.level)                         # close stdout.txt before removing its folder
+    for p in (log, Path(args.tb)):
+        if p.is_dir():
+            shutil.rmtree(p)
+
+
+def _run_runner(args, config, device):
+    from runners import RUNNERS
     setup_logging(args.level, None if args.test else os.path.join(args.log, "stdout.txt"))
     logging.info("writing log file to %s", args.log)
     logging.info("exp instance id = %d", os.getpid())
@@ -132,7 +183,6 @@ def run(args):
     import torch
     torch.backends.cudnn.benchmark = True
     seed_everything(args.seed)
-    device = pick_device(args.device)
     logging.info("runner %s on %s", args.runner, device)
     runner = RUNNERS[args.runner](args, config, device)
     if args.test:
@@ -157,9 +207,11 @@ def main(argv=None):
     except UserError as e:
         if level <= logging.DEBUG:
             traceback.print_exc()
+        _log_to_file(logging.ERROR, f"error: {e}")
         print(f"error: {e}", file=sys.stderr)
         return 1
     except TrainingInterrupted as e:
+        _log_to_file(logging.WARNING, str(e))
         print(str(e), file=sys.stderr)
         return e.exit_code
     except KeyboardInterrupt:

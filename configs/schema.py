@@ -143,10 +143,8 @@ class Sampling:
 @dataclass(frozen=True)
 class Toy:
     dataset: str = "2gauss"            # '2gauss' (0.8 N((5,5), I) + 0.2 N((-5,-5), I)) or 'ring'
-    n_iters: int = 10000
-    batch_size: int = 128
-    lr: float = 0.001
-    hidden: int = 128
+    seed: Optional[int] = None         # overrides --seed when set
+    hidden: int = 128                  # (training length, batch size and lr: training.n_iters/batch_size, optim.lr)
     n_samples: int = 1280
     bound: float = 8.0
     langevin_lr: float = 0.1           # paper-form step: x += lr/2 * s + sqrt(lr) * z
@@ -162,8 +160,10 @@ class Toy:
     def __post_init__(self):
         _choice(self.dataset, ("2gauss", "ring"), "toy.dataset")
         for f in dataclasses.fields(self):
-            if f.name != "dataset":
+            if f.name not in ("dataset", "seed"):
                 _positive(getattr(self, f.name), f"toy.{f.name}")
+        if self.seed is not None:
+            _non_negative(self.seed, "toy.seed")
         if self.sigma_end > self.sigma_begin:
             raise ConfigError(f"toy.sigma_end ({self.sigma_end}) must not exceed toy.sigma_begin ({self.sigma_begin})")
 
@@ -176,6 +176,29 @@ class Config:
     optim: Optim = field(default_factory=Optim)
     sampling: Sampling = field(default_factory=Sampling)
     toy: Toy = field(default_factory=Toy)
+
+
+def check_for_runner(cfg, runner):
+    """Checks that depend on the runner's network, made before any run folder exists; raises ConfigError.
+
+    They mirror the constructor/forward checks in models/ (which would otherwise fail only once training started):
+    RefineNetDilated (AnnealRunner, BaselineRunner) halves H and W once; ResScore (ScoreNetRunner) twice and needs
+    nef == ndf, a multiple of its 8 GroupNorm groups.  ToyRunner uses no image network.
+    """
+    d, m = cfg.data, cfg.model
+    if runner in ("AnnealRunner", "BaselineRunner"):
+        if d.image_size % 2:
+            raise ConfigError(f"data.image_size must be even for {runner} (RefineNetDilated halves it once), "
+                              f"got {d.image_size}")
+        if m.ngf < 2:
+            raise ConfigError(f"model.ngf must be >= 2 for {runner} (InstanceNorm++ needs 2 channels), got {m.ngf}")
+    elif runner == "ScoreNetRunner":
+        if d.image_size % 4:
+            raise ConfigError(f"data.image_size must be a multiple of 4 for ScoreNetRunner (ResScore halves it "
+                              f"twice), got {d.image_size}")
+        if m.nef != m.ndf or m.nef % 8:
+            raise ConfigError(f"ScoreNetRunner needs model.nef == model.ndf, a multiple of 8; got nef {m.nef}, "
+                              f"ndf {m.ndf}")
 
 
 def _check_type(value, tp, path):
@@ -198,9 +221,13 @@ def _check_type(value, tp, path):
             except ValueError:
                 pass
         if isinstance(value, (int, float)) and not isinstance(value, bool):
+            try:
+                value = float(value)        # an int beyond float's range overflows
+            except OverflowError:
+                value = math.inf
             if not math.isfinite(value):
                 raise ConfigError(f"{path} must be a finite number, got {value}")
-            return float(value)
+            return value
     elif tp is str:
         if isinstance(value, str):
             return value
@@ -214,7 +241,8 @@ def _build(cls, raw, path):
         raise ConfigError(f"{path or 'config'} must be a mapping of keys to values, got {type(raw).__name__}")
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(str(k) for k in raw if k not in names)
+    # a key that is not a plain name (a number, one with spaces or a line break) is shown quoted, on one line
+    unknown = sorted(k if isinstance(k, str) and k.isidentifier() else repr(k) for k in raw if k not in names)
     if unknown:
         where = f"{path}." if path else ""
         raise ConfigError(f"unknown config key {where}{unknown[0]} (allowed in {path or 'the top level'}: "
@@ -248,13 +276,15 @@ def load_config(path):
     """Read a YAML file with ``yaml.safe_load`` and validate it; every failure is a ConfigError naming the file."""
     path = Path(path)
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8")
     except OSError as e:
         raise ConfigError(f"cannot read config {path}: {e.strerror or e}") from e
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"config {path} is not a UTF-8 text file ({e.reason} at byte {e.start})") from e
     try:
         raw = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        first = str(e).strip().splitlines()[0]
+    except (yaml.YAMLError, ValueError, RecursionError) as e:     # ValueError: e.g. an impossible date 2019-02-30
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
         raise ConfigError(f"malformed YAML in {path}: {first}") from e
     if raw is None:
         raise ConfigError(f"config {path} is empty")
@@ -272,8 +302,12 @@ def dump_config(cfg, path):
     """Write the full config (defaults included) as plain YAML, atomically."""
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w") as f:
-        yaml.safe_dump(config_to_dict(cfg), f, default_flow_style=False, sort_keys=False)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w") as f:
+            yaml.safe_dump(config_to_dict(cfg), f, default_flow_style=False, sort_keys=False)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():                # only after a failure: never leave a half-written file behind
+            tmp.unlink()

@@ -7,7 +7,9 @@ import logging
 import math
 import os
 import random
+import re
 import signal
+import sys
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
@@ -16,7 +18,7 @@ import torch
 import torch.optim as optim
 from tqdm import tqdm
 
-from configs import UserError, config_to_dict
+from configs import UserError, config_to_dict, dump_config
 
 CHECKPOINT_VERSION = 2
 
@@ -79,7 +81,10 @@ def _as_tuple(x):
 
 
 def _atomic_write(path, data):
-    """Write bytes to ``path`` through a temporary file and a rename: a crash never leaves a half file."""
+    """Write bytes to ``path`` through a temporary file and a rename: a crash never leaves a half file.
+
+    A failed write (disk full, no permission) is a UserError; ``path`` then still holds its previous content.
+    """
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     try:
@@ -88,6 +93,15 @@ def _atomic_write(path, data):
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+        if os.name == "posix":                      # make the rename itself durable
+            fd = os.open(path.parent, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+    except OSError as e:
+        raise UserError(f"cannot write checkpoint {path}: {e.strerror or e}; the previous {path.name} (if any) "
+                        f"is unchanged") from e
     finally:
         if tmp.exists():
             tmp.unlink()
@@ -98,13 +112,21 @@ def save_checkpoint(paths, *, model, optimizer, step, sigmas, config, streams=No
     state = {"version": CHECKPOINT_VERSION, "step": step, "model": unwrap(model).state_dict(),
              "optimizer": optimizer.state_dict(), "config": config_to_dict(config),
              "sigmas": None if sigmas is None else sigmas.detach().cpu(),
-             "rng": _rng_state(), "streams": {k: s.state_dict() for k, s in (streams or {}).items()}}
+             "rng": _rng_state(),
+             "streams": {k: _stream_state(s) for k, s in (streams or {}).items()}}
     if scaler is not None and scaler.is_enabled():
         state["scaler"] = scaler.state_dict()
     buf = io.BytesIO()
     torch.save(state, buf)
     for p in paths:
         _atomic_write(p, buf.getvalue())
+
+
+def _stream_state(stream):
+    state = dict(stream.state_dict())
+    if getattr(stream, "seed", None) is not None:
+        state["seed"] = int(stream.seed)
+    return state
 
 
 def load_checkpoint(path, map_location="cpu"):
@@ -119,11 +141,18 @@ def load_checkpoint(path, map_location="cpu"):
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:      # torch raises many types for truncated/corrupt/unsafe files; all mean "bad file"
-        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise UserError(f"cannot read checkpoint {path}: {reason}") from e
+        text = " ".join(str(e).split())
+        found = re.search(r"Unsupported global: GLOBAL (\S+)", text)
+        if found:
+            raise UserError(f"refusing to load checkpoint {path}: it holds Python objects ({found[1]}), not only "
+                            f"tensors and plain data, and loading them could run code") from e
+        found = re.search(r"WeightsUnpickler error: (.*?)(?: Check the documentation|$)", text)
+        first = found[1] if found else re.split(r"(?<=\.) ", text, maxsplit=1)[0]
+        raise UserError(f"cannot read checkpoint {path} (truncated, corrupt or not a PyTorch file): "
+                        f"{type(e).__name__}{': ' + first if first else ''}") from e
     if isinstance(state, (list, tuple)) and len(state) >= 1 and isinstance(state[0], dict):
         state = {"model": state[0], "optimizer": state[1] if len(state) > 1 else None, "step": None}
-    if not isinstance(state, dict) or "model" not in state:
+    if not isinstance(state, dict) or not isinstance(state.get("model"), dict):
         raise UserError(f"{path} is not an NCSN checkpoint (expected a dict with 'model' or the official list)")
     state["model"] = {k[len("module."):] if k.startswith("module.") else k: v for k, v in state["model"].items()}
     return state
@@ -131,8 +160,24 @@ def load_checkpoint(path, map_location="cpu"):
 
 def load_model_state(model, state, path):
     """Strictly load weights; an architecture or config mismatch is one clear error naming the file."""
+    own, saved = unwrap(model).state_dict(), state["model"]
+    problems = []
+    def shape(v):
+        return list(v.shape) if isinstance(v, torch.Tensor) else type(v).__name__
+
+    for kind, keys in (("differ in shape", [k for k in own if k in saved and shape(own[k]) != shape(saved[k])]),
+                       ("are missing", [k for k in own if k not in saved]),
+                       ("are unexpected", [k for k in saved if k not in own])):
+        if keys:
+            first = keys[0]
+            example = (f"{first}: {shape(saved[first])} in the file, {shape(own[first])} in the network"
+                       if kind == "differ in shape" else first)
+            problems.append(f"{len(keys)} tensors {kind} (e.g. {example})")
+    if problems:
+        raise UserError(f"checkpoint {path} does not fit the network of this config: {'; '.join(problems)}; was it "
+                        f"trained with other model/data settings (ngf, num_classes, channels)?")
     try:
-        unwrap(model).load_state_dict(state["model"])
+        unwrap(model).load_state_dict(saved)
     except RuntimeError as e:
         detail = " ".join(str(e).split())
         raise UserError(f"checkpoint {path} does not fit the network of this config: {detail[:300]}") from e
@@ -150,7 +195,13 @@ def restore_training_state(state, *, model, optimizer, path, streams=None, scale
         _set_rng_state(state["rng"])
     for k, s in (streams or {}).items():
         if k in state.get("streams", {}):
-            s.load_state_dict(state["streams"][k])
+            saved = state["streams"][k]
+            if saved.get("seed") is not None and saved["seed"] != getattr(s, "seed", None):
+                # the data order belongs to the run, not to this invocation's --seed
+                logging.warning("%s data order continues with the run's seed %d (not --seed's %d)", k,
+                                saved["seed"], s.seed)
+                s.seed = int(saved["seed"])
+            s.load_state_dict(saved)
     if scaler is not None and "scaler" in state:
         scaler.load_state_dict(state["scaler"])
     if state.get("step") is None:
@@ -170,7 +221,9 @@ def stop_on_signals():
         if flag["signum"] == signal.SIGINT and signum == signal.SIGINT:
             raise KeyboardInterrupt
         flag["signum"] = signum
-        tqdm.write(f"received {signal.Signals(signum).name}: finishing this step, then saving a checkpoint")
+        again = " (Ctrl-C again: stop at once, without saving)" if signum == signal.SIGINT else ""
+        tqdm.write(f"received {signal.Signals(signum).name}: finishing this step, then saving a checkpoint{again}",
+                   file=sys.stderr)
 
     old = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
@@ -206,13 +259,21 @@ def train_loop(*, model, loss_fn, optimizer, train_stream, config, log_dir, writ
     last_saved = start_step
 
     def save(step):
+        bad = [n for n, p in unwrap(model).named_parameters() if not bool(torch.isfinite(p).all())]
+        if bad:     # never replace a good checkpoint with a broken one
+            raise NonFiniteLoss(f"non-finite parameters ({', '.join(bad[:3])}) after step {step}; not saved; "
+                                f"{_kept(log_dir, last_saved)}")
         paths = [log_dir / "checkpoint.pth"]
         if tcfg.keep_snapshots:
             paths.insert(0, log_dir / f"checkpoint_{step}.pth")
         save_checkpoint(paths, model=model, optimizer=optimizer, step=step, sigmas=sigmas, config=config,
                         streams=streams, scaler=scaler)
+        dump_config(config, log_dir / "config.yml")     # the run's config.yml always describes its checkpoint.pth
 
     step = start_step
+    if step >= tcfg.n_iters:
+        logging.warning("the checkpoint is at step %d and training.n_iters is %d: nothing to train; pass a config "
+                        "with a larger n_iters (--config) to continue", step, tcfg.n_iters)
     bar = tqdm(total=tcfg.n_iters, initial=start_step, desc="train", unit="step", dynamic_ncols=True,
                mininterval=1.0)
     model.train()
@@ -243,7 +304,7 @@ def train_loop(*, model, loss_fn, optimizer, train_stream, config, log_dir, writ
                     for name, value in (extra_scalars or {}).items():
                         writer.add_scalar(name, value, global_step=step)
                 if step % tcfg.log_freq == 0:
-                    logging.info("step: %d, loss: %.6g", step, loss_value)
+                    logging.info("step: %d, loss: %r", step, loss_value)       # full precision, as official
                 bar.update(1)
                 bar.set_postfix(loss=f"{loss_value:.4g}", refresh=False)
 
@@ -255,7 +316,7 @@ def train_loop(*, model, loss_fn, optimizer, train_stream, config, log_dir, writ
                     model.train()
                     if writer is not None:
                         writer.add_scalar(test_name, test_value, global_step=step)
-                    logging.info("step: %d, %s: %.6g", step, test_name, test_value)
+                    logging.info("step: %d, %s: %r", step, test_name, test_value)
 
                 if step % tcfg.snapshot_freq == 0:
                     save(step)
@@ -286,9 +347,14 @@ def _non_finite_message(per_example, labels, sigmas, step, last_saved, log_dir):
             where = " at noise level(s) " + ", ".join(f"{c} (sigma={float(sigmas[c]):.4g})" for c in levels)
         else:
             where = f" at noise level(s) {levels}"
-    kept = (f"the last good checkpoint (step {last_saved}) in {log_dir} is kept" if last_saved
-            else "no checkpoint was written")
-    return f"non-finite training loss at step {step}{where}; stopped before the update; {kept}"
+    return f"non-finite training loss at step {step}{where}; stopped before the update; {_kept(log_dir, last_saved)}"
+
+
+def _kept(log_dir, last_saved):
+    path = Path(log_dir) / "checkpoint.pth"
+    if path.is_file():
+        return f"the last good checkpoint {path} (step {last_saved}) is kept unchanged"
+    return "no checkpoint was written"
 
 
 # ------------------------------------------------------------------------------------------ images and GIFs
@@ -317,6 +383,42 @@ def save_grid(x, path, nrow):
 def save_gif(frames, path, duration=40):
     """Write PIL frames as a looping GIF."""
     frames[0].save(path, save_all=True, append_images=frames[1:], duration=duration, loop=0)
+
+
+def sample_to_folder(sampler, x, *, total, folder, data_cfg, sampling_cfg, nrow, desc, name="samples", grid=None):
+    """Run ``sampler(x, callback) -> x`` (a models/langevin.py sampler) with a progress bar and write its outputs.
+
+    x: (N, C, H, W) initial state; ``total`` is the number of sampler steps.  Writes into ``folder``:
+    ``{name}.png`` (grid of the final samples), ``{name}.pth`` (the final samples, (N, C, H, W) in [0, 1]) and
+    ``movie.gif`` (the chain, every ``sampling.gif_every``-th step); with ``sampling.save_all_frames`` also
+    ``image_{i}.png`` / ``image_raw_{i}.pth`` for every step.  ``grid(samples) -> (images, nrow)`` changes what the PNG
+    shows (inpainting).  Returns the final samples on the CPU.
+    """
+    from datasets import inverse_data_transform
+    folder, smp = Path(folder), sampling_cfg
+    frames = [grid_image(inverse_data_transform(x, data_cfg), nrow)]
+    bar = tqdm(total=total, desc=desc, unit="step", dynamic_ncols=True, mininterval=1.0)
+
+    def callback(i, x_i):
+        bar.update(1)
+        if (i + 1) % smp.gif_every == 0 or i + 1 == total:
+            frames.append(grid_image(inverse_data_transform(x_i, data_cfg), nrow))
+        if smp.save_all_frames:
+            img = inverse_data_transform(x_i, data_cfg).cpu()
+            save_grid(img, folder / f"image_{i}.png", nrow)
+            torch.save(img, folder / f"image_raw_{i}.pth")
+
+    try:
+        x = sampler(x, callback)
+    finally:
+        bar.close()
+    samples = inverse_data_transform(x, data_cfg).cpu()                               # (N, C, H, W)
+    images, grid_nrow = grid(samples) if grid is not None else (samples, nrow)
+    save_grid(images, folder / f"{name}.png", grid_nrow)
+    torch.save(samples, folder / f"{name}.pth")
+    save_gif(frames, folder / "movie.gif")
+    logging.info("wrote %s, %s and %s", folder / f"{name}.png", folder / f"{name}.pth", folder / "movie.gif")
+    return samples
 
 
 def prepare_output_folder(folder, overwrite):
