@@ -21,14 +21,22 @@ _LAYOUT_HINT = {
     "FashionMNIST": "{root}/FashionMNIST/raw/train-images-idx3-ubyte (and the other three raw files)",
     "CIFAR10": "{root}/cifar-10-batches-py/data_batch_1 ... test_batch",
     "SVHN": "{root}/train_32x32.mat and {root}/test_32x32.mat",
-    "CELEBA": "{root}/celeba/img_align_celeba/*.jpg (plus list_eval_partition.txt for the official split)",
-    "FOLDER": "{root}/train/<class>/*.png and optionally {root}/test/<class>/*.png",
+    "CELEBA": "{root}/celeba/img_align_celeba/*.jpg or {root}/img_align_celeba/*.jpg (official file names 000001.jpg "
+              "... give the official train/test split)",
+    "FOLDER": "{root}/train/<class>/*.png and optionally {root}/test/<class>/*.png (or {root}/<class>/*.png)",
 }
 
 
 def _transforms(data_cfg, train, center_crop=None):
+    """PIL image -> (C, H, W) in [0, 1]: [CenterCrop(center_crop)] -> Resize -> [flip] -> [Grayscale] -> ToTensor.
+
+    Resize(int) scales the shorter side; for image folders a CenterCrop(image_size) follows so that non-square images
+    come out square (a no-op for square ones).  MNIST, CIFAR-10, SVHN and CelebA (after its crop) are square already.
+    """
     steps = [T.CenterCrop(center_crop)] if center_crop else []
     steps.append(T.Resize(data_cfg.image_size))
+    if data_cfg.dataset == "FOLDER":
+        steps.append(T.CenterCrop(data_cfg.image_size))
     if train and data_cfg.random_flip:
         steps.append(T.RandomHorizontalFlip(p=0.5))
     if data_cfg.dataset in ("CELEBA", "FOLDER") and data_cfg.channels == 1:
@@ -57,19 +65,29 @@ _CELEBA_TEST_START = 182638
 _CELEBA_VALID_START = 162771
 
 
+def _celeba_folder(root):
+    return next((p for p in (Path(root) / "celeba" / "img_align_celeba", Path(root) / "img_align_celeba")
+                 if p.is_dir()), None)
+
+
 def _celeba(data_cfg, root, download):
-    import torchvision.datasets as tvd
-    train_tf, test_tf = (_transforms(data_cfg, t, center_crop=140) for t in (True, False))
-    if (Path(root) / "celeba" / "list_eval_partition.txt").is_file() or download:
-        return (tvd.CelebA(root, split="train", transform=train_tf, download=download),
-                tvd.CelebA(root, split="test", transform=test_tf, download=download))
-    folder = next((p for p in (Path(root) / "celeba" / "img_align_celeba", Path(root) / "img_align_celeba")
-                   if p.is_dir()), None)
+    """CelebA from its aligned JPEGs, split by file number as the official list_eval_partition.txt does.
+
+    A local ``img_align_celeba`` folder is used as it is (torchvision's class would insist on all five annotation
+    files); only when it is missing and ``download`` is true does torchvision fetch the data set (needs ``gdown``).
+    Transforms as official: CenterCrop(140) -> Resize(image_size) -> [random flip] -> ToTensor.
+    """
+    folder = _celeba_folder(root)
+    if folder is None and download:
+        import torchvision.datasets as tvd
+        tvd.CelebA(root, split="all", target_type=[], download=True)     # unpacks into {root}/celeba/img_align_celeba
+        folder = _celeba_folder(root)
     if folder is None:
         raise FileNotFoundError(f"no img_align_celeba folder under {root}")
     files = sorted(folder.glob("*.jpg"))
     if not files:
         raise FileNotFoundError(f"no .jpg files in {folder}")
+    train_tf, test_tf = (_transforms(data_cfg, t, center_crop=140) for t in (True, False))
     train = [f for f in files if not f.stem.isdigit() or int(f.stem) < _CELEBA_VALID_START]
     test = [f for f in files if f.stem.isdigit() and int(f.stem) >= _CELEBA_TEST_START]
     if not test:
@@ -96,6 +114,9 @@ def _digits(data_cfg):
 
     A fixed split (seed 2019): 180 test images, 1617 training images.  Values are scaled to [0, 1] by /16.
     """
+    if data_cfg.random_flip:
+        raise ConfigError("data.random_flip is not supported for DIGITS (the digits are an in-memory tensor); "
+                          "set it to false")
     from sklearn.datasets import load_digits
     digits = load_digits()
     x = torch.tensor(digits.images, dtype=torch.float32).unsqueeze(1) / 16.0     # (1797, 1, 8, 8)
@@ -145,16 +166,18 @@ def get_dataset(data_cfg, default_root):
         raise UserError(f"{name} data not available under {root} ({reason}); put it there as {hint}, "
                         f"or point data.root at a folder that has it") from e
     check_shape(train, data_cfg)
+    check_shape(test, data_cfg, split="test")
     return train, test
 
 
-def check_shape(dataset, data_cfg):
+def check_shape(dataset, data_cfg, split="training"):
+    """Raise a one-line error unless the first image of ``dataset`` is (data.channels, data.image_size, image_size)."""
     if len(dataset) == 0:
-        raise UserError(f"{data_cfg.dataset}: the training set is empty")
+        raise UserError(f"{data_cfg.dataset}: the {split} set is empty")
     x = dataset[0][0]
     expected = (data_cfg.channels, data_cfg.image_size, data_cfg.image_size)
     if tuple(x.shape) != expected:
-        raise ConfigError(f"{data_cfg.dataset} gives images of shape {tuple(x.shape)} but the config says "
+        raise ConfigError(f"{data_cfg.dataset} gives {split} images of shape {tuple(x.shape)} but the config says "
                           f"(data.channels, data.image_size, data.image_size) = {expected}")
 
 
@@ -165,9 +188,13 @@ def logit_transform(image, lam=1e-6):
     return torch.log(y) - torch.log1p(-y)
 
 
-def data_transform(x, data_cfg):
-    """Training-time transform: uniform dequantisation x*255/256 + U[0,1)/256, then the optional logit."""
-    x = x / 256. * 255. + torch.rand_like(x) / 256.
+def data_transform(x, data_cfg, dequantize=True):
+    """Training-time transform: uniform dequantisation x*255/256 + U[0,1)/256, then the optional logit.
+
+    ``dequantize=False`` skips the dequantisation (ScoreNetRunner, as official: Figure 1 is about raw data).
+    """
+    if dequantize:
+        x = x / 256. * 255. + torch.rand_like(x) / 256.
     if data_cfg.logit_transform:
         x = logit_transform(x)
     return x

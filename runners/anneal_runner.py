@@ -1,15 +1,13 @@
 """AnnealRunner: the NCSN (Song & Ermon 2019, Sec. 4): annealed DSM/SSM training, annealed Langevin sampling."""
-import logging
 from pathlib import Path
 
 import torch
-from tqdm import tqdm
 
-from datasets import data_transform, get_dataset, inverse_data_transform
+from datasets import data_transform, get_dataset
 from losses import anneal_dsm_per_example, anneal_dsm_score_estimation, anneal_sliced_per_example
 from models import CondRefineNetDilated, anneal_langevin_dynamics, geometric_sigmas
-from runners.common import (grid_image, load_checkpoint, load_model_state, prepare_output_folder, save_gif,
-                            save_grid, setup_training, train_loop)
+from runners.common import (load_checkpoint, load_model_state, prepare_output_folder, sample_to_folder,
+                            setup_training, train_loop)
 
 
 def build_ncsn(config):
@@ -73,29 +71,15 @@ class AnnealRunner:
             n = smp.n_samples
         x = torch.rand(n, *shape, device=self.device)                                     # init U[0, 1)
 
-        total = len(sigmas) * smp.n_steps_each
-        frames = [grid_image(inverse_data_transform(x, d), nrow)]
-        bar = tqdm(total=total, desc="annealed Langevin", unit="step", dynamic_ncols=True, mininterval=1.0)
+        def sampler(x0, callback):
+            return anneal_langevin_dynamics(model, x0, sigmas, smp.n_steps_each, smp.step_lr, callback=callback,
+                                            denoise=smp.denoise, mask=mask, reference=reference)
 
-        def callback(i, x_i):
-            bar.update(1)
-            if (i + 1) % smp.gif_every == 0 or i + 1 == total:
-                frames.append(grid_image(inverse_data_transform(x_i, d), nrow))
-            if smp.save_all_frames:
-                img = inverse_data_transform(x_i, d).cpu()
-                save_grid(img, folder / f"image_{i}.png", nrow)
-                torch.save(img, folder / f"image_raw_{i}.pth")
-
-        x = anneal_langevin_dynamics(model, x, sigmas, smp.n_steps_each, smp.step_lr, callback=callback,
-                                     denoise=smp.denoise, mask=mask, reference=reference)
-        bar.close()
-        samples = inverse_data_transform(x, d).cpu()                                       # (n, C, H, W)
-        name = "inpainting" if smp.inpainting else "samples"
-        if smp.inpainting:
+        def inpainting_grid(samples):                       # one row per reference: the image, then its completions
             rows = torch.cat([refs.cpu().unsqueeze(1), samples.view(nrow, nrow, *shape)], dim=1)
-            save_grid(rows.flatten(0, 1), folder / f"{name}.png", nrow + 1)
-        else:
-            save_grid(samples, folder / f"{name}.png", nrow)
-        torch.save(samples, folder / f"{name}.pth")
-        save_gif(frames, folder / "movie.gif")
-        logging.info("wrote %s, %s and %s", folder / f"{name}.png", folder / f"{name}.pth", folder / "movie.gif")
+            return rows.flatten(0, 1), nrow + 1
+
+        sample_to_folder(sampler, x, total=len(sigmas) * smp.n_steps_each, folder=folder, data_cfg=d,
+                         sampling_cfg=smp, nrow=nrow, desc="annealed Langevin",
+                         name="inpainting" if smp.inpainting else "samples",
+                         grid=inpainting_grid if smp.inpainting else None)
