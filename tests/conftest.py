@@ -9,6 +9,17 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
 
 
+@pytest.fixture(autouse=True, scope="session")
+def one_thread():
+    """One intra-op thread for in-process tests: tiny networks gain nothing from two, and on a busy 2-core machine
+    two OpenMP threads make a tiny step up to 100x slower.  (Subprocesses get OMP_NUM_THREADS=1 from run_main.)"""
+    import torch
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture
 def shared():
     """../shared (reference checkpoints and real data); present in CI here, absent on users' machines."""
@@ -44,6 +55,6 @@ def write_config(tmp_path):
 def run_main(args, cwd, timeout=600, env=None):
     """Run ``python main.py ARGS`` in a subprocess from ``cwd``; returns the CompletedProcess."""
     import subprocess
-    full_env = dict(os.environ, PYTHONUNBUFFERED="1", **(env or {}))
+    full_env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1", **(env or {}))
     return subprocess.run([sys.executable, str(REPO / "main.py"), *args], cwd=cwd, capture_output=True, text=True,
                           timeout=timeout, env=full_env)

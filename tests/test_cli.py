@@ -15,14 +15,6 @@ import main as cli
 from conftest import REPO, tiny_digits_config
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def snapshot(root):
     """{relative path: sha256} of every file under ``root``."""
     return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()

@@ -15,16 +15,6 @@ from conftest import tiny_digits_config
 SHIPPED = sorted(CONFIG_DIR.glob("*.yml"))
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One intra-op thread: on a busy 2-core machine two OpenMP threads make tiny forwards 100x slower."""
-    import torch
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.mark.parametrize("path", SHIPPED, ids=[p.name for p in SHIPPED])
 def test_every_shipped_config_loads_and_round_trips(path, tmp_path):
     cfg = load_config(path)

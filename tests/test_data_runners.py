@@ -22,15 +22,6 @@ from runners.common import load_checkpoint, load_model_state
 from runners.scorenet_runner import build_scorenet, read_loss_log
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One intra-op thread: on a busy 2-core machine two OpenMP threads make tiny steps far slower."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def data_cfg(shared, name, **kw):
     roots = {"MNIST": shared / "data", "FOLDER": shared / "data" / "cifar10_png",
              "CELEBA": shared / "data" / "celeba_jpg"}
@@ -242,17 +233,11 @@ def two_scorenet_runs(tmp_path_factory):
     if not SHARED.is_dir():
         pytest.skip("../shared is not present (it exists only in the project's CI)")
     tmp = tmp_path_factory.mktemp("fig1")
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        for doc, noise in (("noisy", 0.01), ("raw", 0.0)):
-            path = tmp / f"{doc}.yml"
-            path.write_text(yaml.safe_dump(tiny_config(SHARED, "ScoreNetRunner", "FOLDER", n_iters=4,
-                                                       noise_std=noise)))
-            assert cli.main(["--runner", "ScoreNetRunner", "--config", str(path), "--run", str(tmp / "run"),
-                             "--doc", doc]) == 0
-    finally:
-        torch.set_num_threads(n)
+    for doc, noise in (("noisy", 0.01), ("raw", 0.0)):
+        path = tmp / f"{doc}.yml"
+        path.write_text(yaml.safe_dump(tiny_config(SHARED, "ScoreNetRunner", "FOLDER", n_iters=4, noise_std=noise)))
+        assert cli.main(["--runner", "ScoreNetRunner", "--config", str(path), "--run", str(tmp / "run"),
+                         "--doc", doc]) == 0
     return tmp
 
 

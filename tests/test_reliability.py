@@ -22,15 +22,6 @@ from configs import UserError, config_from_dict, load_config
 from conftest import REPO, tiny_digits_config
 from runners.common import load_checkpoint, load_model_state, save_checkpoint, train_loop
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One intra-op thread: on a busy 2-core machine two OpenMP threads make a tiny step 100x slower."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 LINE = re.compile(r"step: (\d+), (loss|test_dsm_loss): (\S+)$")
 
 
