@@ -21,7 +21,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from losses import anneal_dsm_per_example  # noqa: E402
 from models import CondRefineNetDilated, anneal_langevin_dynamics, geometric_sigmas  # noqa: E402
-from runners.accel import sampling_score_fn  # noqa: E402
 from runners.common import autocast_context  # noqa: E402
 
 SETTINGS = {   # name: (channels, image_size, ngf, train batch)
@@ -75,7 +74,10 @@ def bench_sample(name, device, amp, n, steps):
     model = CondRefineNetDilated(channels=c, image_size=size, ngf=ngf, num_classes=10).to(device).eval()
     sigmas = geometric_sigmas(1.0, 0.01, 10, dtype=torch.float64)
     x = torch.rand(n, c, size, size, device=device)
-    score = sampling_score_fn(model, device, amp=amp)
+
+    def score(x, labels):
+        with autocast_context(device, amp):
+            return model(x, labels).float()
     anneal_langevin_dynamics(score, x, sigmas[:1], n_steps_each=3)          # warm-up
     sync(device)
     t = time.perf_counter()

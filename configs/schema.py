@@ -45,14 +45,14 @@ class Training:
     batch_size: int = 128
     n_epochs: int = 500000
     n_iters: int = 200001
-    ngpu: int = 1                      # kept for compatibility; multi-GPU runs use torchrun (DDP)
+    ngpu: int = 1                      # accepted for compatibility; a run uses one device (--device)
     snapshot_freq: int = 5000
     algo: str = "dsm"                  # 'dsm' or 'ssm'
     anneal_power: float = 2.0
     n_particles: int = 1               # sliced score matching projections per example
     noise_std: float = 0.01            # ScoreNetRunner: the small noise of Figure 1
     test_freq: int = 100               # steps between test losses (official: 100, hard-coded)
-    log_freq: int = 1                  # steps between 'loss' scalars / log lines
+    log_freq: int = 1                  # steps between log lines of the training loss (tensorboard: every step)
     num_workers: int = 4               # DataLoader workers (official: 4, hard-coded)
     amp: str = "none"                  # 'none', 'bf16' or 'fp16' autocast for the network (CUDA and CPU)
     keep_snapshots: bool = True        # keep checkpoint_{step}.pth next to checkpoint.pth (official: yes)

@@ -6,7 +6,7 @@ import torch
 from datasets import data_transform, get_dataset
 from losses import anneal_dsm_per_example, anneal_dsm_score_estimation, anneal_sliced_per_example
 from models import CondRefineNetDilated, anneal_langevin_dynamics, geometric_sigmas
-from runners.common import (load_checkpoint, load_model_state, prepare_output_folder, sample_to_folder,
+from runners.common import (load_trained, prepare_output_folder, sample_to_folder,
                             setup_training, train_loop)
 
 
@@ -49,11 +49,8 @@ class AnnealRunner:
     def test(self):
         cfg, args, d, smp = self.config, self.args, self.config.data, self.config.sampling
         path = Path(args.log) / "checkpoint.pth"
-        state = load_checkpoint(path, map_location=self.device)
+        model, _ = load_trained(build_ncsn(cfg), path, self.device)
         folder = prepare_output_folder(args.image_folder, args.overwrite)
-        model = build_ncsn(cfg).to(self.device)
-        load_model_state(model, state, path)
-        model.eval()
         sigmas = make_sigmas(cfg, self.device, dtype=torch.float64)   # step sizes in float64, as official
         nrow = max(1, round(smp.n_samples ** 0.5))
         shape = (d.channels, d.image_size, d.image_size)

@@ -13,7 +13,7 @@ from configs import ConfigError
 from datasets import data_transform
 from losses import dsm_per_example, dsm_score_estimation
 from models import RefineNetDilated, langevin_dynamics
-from runners.common import (load_checkpoint, load_model_state, prepare_output_folder, sample_to_folder,
+from runners.common import (load_trained, prepare_output_folder, sample_to_folder,
                             setup_training, train_loop)
 
 
@@ -49,11 +49,8 @@ class BaselineRunner:
         """Plain Langevin dynamics from U[0, 1): samples.png, samples.pth (N, C, H, W) and movie.gif in ``-o``."""
         cfg, args, d, smp = self.config, self.args, self.config.data, self.config.sampling
         path = Path(args.log) / "checkpoint.pth"
-        state = load_checkpoint(path, map_location=self.device)
+        model, _ = load_trained(build_baseline(cfg), path, self.device)
         folder = prepare_output_folder(args.image_folder, args.overwrite)
-        model = build_baseline(cfg).to(self.device)
-        load_model_state(model, state, path)
-        model.eval()
 
         x = torch.rand(smp.n_samples, d.channels, d.image_size, d.image_size, device=self.device)   # init U[0, 1)
 

@@ -183,6 +183,14 @@ def load_model_state(model, state, path):
         raise UserError(f"checkpoint {path} does not fit the network of this config: {detail[:300]}") from e
 
 
+def load_trained(model, path, device, eval_mode=True):
+    """``model`` on ``device`` with the weights of the checkpoint at ``path`` (in eval mode); returns (model, state)."""
+    state = load_checkpoint(path, map_location=device)
+    model = model.to(device)
+    load_model_state(model, state, path)
+    return (model.eval() if eval_mode else model), state
+
+
 def restore_training_state(state, *, model, optimizer, path, streams=None, scaler=None):
     """Load weights, optimizer, random states and stream positions; return the step to continue from."""
     load_model_state(model, state, path)

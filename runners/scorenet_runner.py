@@ -24,7 +24,7 @@ from configs import ConfigError, UserError, load_config
 from datasets import data_transform, get_dataset
 from losses import dsm_per_example, sliced_score_estimation_vr
 from models import ResScore
-from runners.common import load_checkpoint, load_model_state, prepare_output_folder, setup_training, train_loop
+from runners.common import load_trained, prepare_output_folder, setup_training, train_loop
 
 LOSS_LOG = "losses.csv"
 LOGGED_TAGS = ("loss", "test_loss")
@@ -186,11 +186,8 @@ class ScoreNetRunner:
         """Test loss of the checkpoint over the whole test set (``test_loss.json``) and ``figure1.png`` in ``-o``."""
         cfg, args = self.config, self.args
         path = Path(args.log) / "checkpoint.pth"
-        state = load_checkpoint(path, map_location=self.device)
+        model, state = load_trained(build_scorenet(cfg), path, self.device)
         folder = prepare_output_folder(args.image_folder, args.overwrite)
-        model = build_scorenet(cfg).to(self.device)
-        load_model_state(model, state, path)
-        model.eval()
 
         _, test = get_dataset(cfg.data, args.run)
         loader = DataLoader(test, batch_size=cfg.training.batch_size, shuffle=False,

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from datasets.toy import FreshSamples, mmd2, mode_metrics, toy_distribution
 from losses import anneal_dsm_per_example, sliced_score_estimation_vr
 from models import anneal_langevin_dynamics, geometric_sigmas, langevin_dynamics
-from runners.common import load_checkpoint, load_model_state, make_optimizer, prepare_output_folder, save_gif, \
+from runners.common import load_trained, make_optimizer, prepare_output_folder, save_gif, \
     train_loop
 
 METHODS = ("iid", "langevin", "annealed_langevin", "learned_langevin", "learned_annealed_langevin")
@@ -134,9 +134,7 @@ class ToyRunner:
         models = []
         for name, model in (("score_model", ToyScore(self.toy.hidden)), ("ncsn", ToyNCSN(self.sigmas,
                                                                                         self.toy.hidden))):
-            path = log / name / "checkpoint.pth"
-            load_model_state(model, load_checkpoint(path, map_location=self.device), path)
-            models.append(model.to(self.device).eval())
+            models.append(load_trained(model, log / name / "checkpoint.pth", self.device)[0])
         folder = prepare_output_folder(self.args.image_folder, self.args.overwrite)
         self.sample_and_report(*models, folder, folder / "metrics.json")
 
