@@ -6,7 +6,6 @@ Flags and defaults are the official ones, plus ``--overwrite`` and ``--device``.
 import argparse
 import logging
 import os
-import random
 import shutil
 import sys
 import traceback
@@ -67,10 +66,11 @@ def _log_to_file(level, message):
             h.handle(logging.LogRecord("main", level, __file__, 0, message, None, None))
 
 
-def prepare_run(args):
+def prepare_run(args, create=True):
     """Load and validate the config; create (or check) the run folders.  Returns the Config.
 
-    Everything is validated before anything is created or deleted.  On ``--resume_training`` the run's config.yml is
+    Everything is validated before anything is created or deleted.  ``create=False`` (the ranks > 0 under torchrun,
+    after rank 0 has prepared the run) only loads the config.  On ``--resume_training`` the run's config.yml is
     left alone here: train_loop replaces it with each checkpoint it writes, so that it always describes checkpoint.pth.
     """
     from configs import ConfigError, UserError, dump_config, load_config, resolve_config_path
@@ -97,6 +97,8 @@ def prepare_run(args):
         return load(resolve_config_path(args.config) if args.config else log / "config.yml")
 
     config = load(resolve_config_path(args.config or "anneal.yml"))
+    if not create:
+        return config
     existing = [p for p in (log, tb) if p.exists()]
     if existing and not args.overwrite:
         raise UserError(f"run '{args.doc}' already exists ({existing[0]}); use --resume_training to continue "
@@ -131,14 +133,34 @@ def pick_device(name):
     return device
 
 
-def seed_everything(seed):
-    import numpy as np
+DDP_RUNNERS = ("AnnealRunner", "BaselineRunner")
+
+
+def env_world_size():
+    """The number of processes torchrun started (1 without torchrun)."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def init_distributed(args, device):
+    """Under torchrun (WORLD_SIZE > 1): join the process group (nccl on CUDA, else gloo); returns this rank's
+    device (cuda:LOCAL_RANK on CUDA).  Without torchrun: ``device`` unchanged."""
+    if env_world_size() == 1:
+        return device
     import torch
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-    if torch.cuda.is_available():
-        torch.cuda.manual_seed_all(seed)
+    import torch.distributed as dist
+
+    from configs import UserError
+    if args.test or args.runner not in DDP_RUNNERS:
+        what = "--test" if args.test else args.runner
+        raise UserError(f"{what} runs in a single process; start it without torchrun "
+                        f"(multi-process training: {', '.join(DDP_RUNNERS)})")
+    if not dist.is_available():
+        raise UserError("torchrun started several processes, but this PyTorch has no torch.distributed")
+    if device.type == "cuda":
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(device)
+    dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return device
 
 
 def run(args):
@@ -148,14 +170,36 @@ def run(args):
         raise UserError(f"unknown runner {args.runner!r}; choose one of {', '.join(RUNNERS)}")
     args.log = os.path.join(args.run, "logs", args.doc)
     args.tb = os.path.join(args.run, "tensorboard", args.doc)
-    device = pick_device(args.device)
-    config = prepare_run(args)
+    device = init_distributed(args, pick_device(args.device))
+    try:
+        return _prepare_and_run(args, device)
+    finally:
+        import torch.distributed as dist
+        if dist.is_available() and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def _prepare_and_run(args, device):
+    from runners.common import dist_max, is_main
+    failure = None
+    if is_main():                 # rank 0 alone checks, creates or deletes the run folders
+        try:
+            config = prepare_run(args)
+        except BaseException as e:
+            failure = e
+    if dist_max(failure is not None):   # tells every rank whether rank 0 succeeded (and waits for its folders)
+        if failure is None:
+            return 1                    # rank 0 prints why
+        raise failure
+    if not is_main():
+        config = prepare_run(args, create=False)
     if args.test or args.resume_training:
         return _run_runner(args, config, device)
     try:
         return _run_runner(args, config, device)
     except BaseException:
-        _remove_if_no_checkpoint(args)
+        if is_main():
+            _remove_if_no_checkpoint(args)
         raise
 
 
@@ -173,7 +217,11 @@ def _remove_if_no_checkpoint(args):
 
 def _run_runner(args, config, device):
     from runners import RUNNERS
-    setup_logging(args.level, None if args.test else os.path.join(args.log, "stdout.txt"))
+    from runners.common import is_main, rank, seed_everything
+    if is_main():
+        setup_logging(args.level, None if args.test else os.path.join(args.log, "stdout.txt"))
+    else:                       # the other ranks only report warnings and errors, on the terminal
+        setup_logging(max(args.level, logging.WARNING))
     logging.info("writing log file to %s", args.log)
     logging.info("exp instance id = %d", os.getpid())
     if args.comment:
@@ -182,7 +230,7 @@ def _run_runner(args, config, device):
 
     import torch
     torch.backends.cudnn.benchmark = True
-    seed_everything(args.seed)
+    seed_everything(args.seed + rank())        # each rank draws its own noise; rank 0 as a single process
     logging.info("runner %s on %s", args.runner, device)
     runner = RUNNERS[args.runner](args, config, device)
     if args.test:
@@ -202,20 +250,22 @@ def main(argv=None):
     setup_logging(level)
     from configs import UserError
     from runners.common import TrainingInterrupted
+    rank = int(os.environ.get("RANK", "0")) if env_world_size() > 1 else 0
+    prefix = f"[rank {rank}] " if rank else ""
     try:
         return run(args)
     except UserError as e:
         if level <= logging.DEBUG:
             traceback.print_exc()
         _log_to_file(logging.ERROR, f"error: {e}")
-        print(f"error: {e}", file=sys.stderr)
+        print(f"{prefix}error: {e}", file=sys.stderr)
         return 1
     except TrainingInterrupted as e:
         _log_to_file(logging.WARNING, str(e))
-        print(str(e), file=sys.stderr)
+        print(f"{prefix}{e}", file=sys.stderr)
         return e.exit_code
     except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+        print(f"{prefix}interrupted", file=sys.stderr)
         return 130
 
 

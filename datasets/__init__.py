@@ -221,14 +221,21 @@ class BatchStream:
     batches an uninterrupted run would have seen, and never touches the global random state.  (A DataLoader's own
     shuffling draws from the global generator, which would change the noise drawn after a resume.)
     Tensor data sets are sliced directly; others go through a DataLoader with this order.
+
+    With ``world_size`` > 1 (one stream per training process) every process computes the same order and yields
+    only its contiguous share ``rank`` of each global batch (``tensor_split``: sizes differ by at most one); a final
+    partial batch too small to give every process an example is dropped.  The state is that of the global stream.
     """
 
-    def __init__(self, dataset, batch_size, seed, drop_last=False, num_workers=0, pin_memory=False):
+    def __init__(self, dataset, batch_size, seed, drop_last=False, num_workers=0, pin_memory=False, rank=0,
+                 world_size=1):
         self.dataset, self.batch_size, self.seed = dataset, batch_size, seed
         self.drop_last, self.num_workers, self.pin_memory = drop_last, num_workers, pin_memory
+        self.rank, self.world_size = rank, world_size
         self.epoch, self.batch = 0, 0
         n = len(dataset)
-        self.batches_per_epoch = n // batch_size if drop_last else -(-n // batch_size)
+        self.batches_per_epoch = n // batch_size if drop_last or 0 < n % batch_size < world_size \
+            else -(-n // batch_size)
         if self.batches_per_epoch == 0:
             raise UserError(f"batch size {batch_size} is larger than the data set ({n} examples) with drop_last")
         self._it = None
@@ -242,9 +249,9 @@ class BatchStream:
     def _epoch_batches(self):
         order = torch.randperm(len(self.dataset), generator=torch.Generator().manual_seed(self.seed + self.epoch))
         chunks = list(order.split(self.batch_size))
-        if self.drop_last and len(chunks[-1]) < self.batch_size:
+        if len(chunks[-1]) < (self.batch_size if self.drop_last else self.world_size):
             chunks = chunks[:-1]
-        return [c.tolist() for c in chunks[self.batch:]]
+        return [c.tensor_split(self.world_size)[self.rank].tolist() for c in chunks[self.batch:]]
 
     def _start_epoch(self):
         batches = self._epoch_batches()

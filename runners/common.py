@@ -18,7 +18,7 @@ import torch
 import torch.optim as optim
 from tqdm import tqdm
 
-from configs import UserError, config_to_dict, dump_config
+from configs import ConfigError, UserError, config_to_dict, dump_config
 
 CHECKPOINT_VERSION = 2
 
@@ -52,6 +52,54 @@ def make_optimizer(params, optim_cfg):
 def unwrap(model):
     """The bare network inside DistributedDataParallel / DataParallel, whose state-dict keys have no prefix."""
     return model.module if hasattr(model, "module") else model
+
+
+# ------------------------------------------------------------------------------- multi-process (torchrun, DDP)
+
+def world_size():
+    """The number of training processes: > 1 only under torchrun, after main.py initialised torch.distributed."""
+    dist = torch.distributed
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def rank():
+    return torch.distributed.get_rank() if world_size() > 1 else 0
+
+
+def is_main():
+    """True in the process that logs and writes files (rank 0; the only process without torchrun)."""
+    return rank() == 0
+
+
+def _all_reduce(value, op):
+    dist = torch.distributed
+    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else None
+    t = torch.tensor(float(value), dtype=torch.float64, device=device)
+    dist.all_reduce(t, op=op)
+    return t.item()
+
+
+def dist_mean(value):
+    """The mean of a number over all processes (the number itself in a single process)."""
+    return value if world_size() == 1 else _all_reduce(value, torch.distributed.ReduceOp.SUM) / world_size()
+
+
+def dist_max(value):
+    """The largest value of a number over all processes (the number itself in a single process)."""
+    return value if world_size() == 1 else _all_reduce(value, torch.distributed.ReduceOp.MAX)
+
+
+def barrier():
+    if world_size() > 1:
+        torch.distributed.barrier()
+
+
+def seed_everything(seed):
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    if torch.cuda.is_available():
+        torch.cuda.manual_seed_all(seed)
 
 
 # --------------------------------------------------------------------------------------------- checkpoints
@@ -258,6 +306,8 @@ def train_loop(*, model, loss_fn, optimizer, train_stream, config, log_dir, writ
     test_fn(model, x) -> scalar, evaluated every ``training.test_freq`` steps and logged as ``test_name``.
     Checkpoints ``checkpoint_{step}.pth`` and ``checkpoint.pth`` every ``snapshot_freq`` steps and at the end.
     Steps are numbered from 1; training stops after step ``n_iters`` (or after ``n_epochs`` epochs).
+    Under torchrun every process runs this loop on its share of each batch; the loss, test loss and stop signals
+    are combined over processes so that all take the same decisions; only rank 0 logs and writes checkpoints.
     """
     tcfg = config.training
     log_dir = Path(log_dir)
@@ -271,19 +321,21 @@ def train_loop(*, model, loss_fn, optimizer, train_stream, config, log_dir, writ
         if bad:     # never replace a good checkpoint with a broken one
             raise NonFiniteLoss(f"non-finite parameters ({', '.join(bad[:3])}) after step {step}; not saved; "
                                 f"{_kept(log_dir, last_saved)}")
-        paths = [log_dir / "checkpoint.pth"]
-        if tcfg.keep_snapshots:
-            paths.insert(0, log_dir / f"checkpoint_{step}.pth")
-        save_checkpoint(paths, model=model, optimizer=optimizer, step=step, sigmas=sigmas, config=config,
-                        streams=streams, scaler=scaler)
-        dump_config(config, log_dir / "config.yml")     # the run's config.yml always describes its checkpoint.pth
+        if is_main():                                   # one writer; the weights are the same in every process
+            paths = [log_dir / "checkpoint.pth"]
+            if tcfg.keep_snapshots:
+                paths.insert(0, log_dir / f"checkpoint_{step}.pth")
+            save_checkpoint(paths, model=model, optimizer=optimizer, step=step, sigmas=sigmas, config=config,
+                            streams=streams, scaler=scaler)
+            dump_config(config, log_dir / "config.yml")  # the run's config.yml always describes its checkpoint.pth
+        barrier()
 
     step = start_step
     if step >= tcfg.n_iters:
         logging.warning("the checkpoint is at step %d and training.n_iters is %d: nothing to train; pass a config "
                         "with a larger n_iters (--config) to continue", step, tcfg.n_iters)
     bar = tqdm(total=tcfg.n_iters, initial=start_step, desc="train", unit="step", dynamic_ncols=True,
-               mininterval=1.0)
+               mininterval=1.0, disable=not is_main())
     model.train()
     try:
         with stop_on_signals() as flag:
@@ -294,7 +346,7 @@ def train_loop(*, model, loss_fn, optimizer, train_stream, config, log_dir, writ
                 with autocast_context(device, tcfg.amp):
                     per_example, labels = loss_fn(model, X)
                 loss = per_example.float().mean()
-                loss_value = loss.item()
+                loss_value = dist_mean(loss.item())     # every process decides on the same (mean) value
                 if not math.isfinite(loss_value):
                     raise NonFiniteLoss(_non_finite_message(per_example, labels, sigmas, step, last_saved,
                                                             log_dir))
@@ -320,7 +372,7 @@ def train_loop(*, model, loss_fn, optimizer, train_stream, config, log_dir, writ
                     test_X, _ = next(test_stream)
                     model.eval()
                     with autocast_context(device, tcfg.amp):
-                        test_value = float(test_fn(model, test_X.to(device)))
+                        test_value = dist_mean(float(test_fn(unwrap(model), test_X.to(device))))
                     model.train()
                     if writer is not None:
                         writer.add_scalar(test_name, test_value, global_step=step)
@@ -329,10 +381,10 @@ def train_loop(*, model, loss_fn, optimizer, train_stream, config, log_dir, writ
                 if step % tcfg.snapshot_freq == 0:
                     save(step)
                     last_saved = step
-                if flag["signum"] is not None:
+                signum = int(dist_max(flag["signum"] or 0))     # a signal to any process stops them all
+                if signum:
                     if last_saved != step:
                         save(step)
-                    signum = flag["signum"]
                     raise TrainingInterrupted(
                         f"stopped by {signal.Signals(signum).name} after step {step}; checkpoint saved to "
                         f"{log_dir / 'checkpoint.pth'}; continue with --resume_training", 128 + signum)
@@ -458,11 +510,15 @@ def setup_training(args, config, device, model, datasets=None):
 
     from datasets import BatchStream, get_dataset
     t = config.training
+    n_proc, me = world_size(), rank()
+    if t.batch_size % n_proc:
+        raise ConfigError(f"training.batch_size ({t.batch_size}) must be divisible by the number of processes "
+                          f"({n_proc}): each process takes an equal share of every batch")
     train, test = datasets if datasets is not None else get_dataset(config.data, args.run)
     pin = device.type == "cuda"
-    train_stream = BatchStream(train, t.batch_size, seed=args.seed, num_workers=t.num_workers, pin_memory=pin)
-    test_stream = BatchStream(test, min(t.batch_size, len(test)), seed=args.seed + 1, drop_last=True,
-                              num_workers=t.num_workers, pin_memory=pin)
+    shard = dict(rank=me, world_size=n_proc, num_workers=t.num_workers, pin_memory=pin)
+    train_stream = BatchStream(train, t.batch_size, seed=args.seed, **shard)
+    test_stream = BatchStream(test, min(t.batch_size, len(test)), seed=args.seed + 1, drop_last=True, **shard)
     model = model.to(device)
     optimizer = make_optimizer(model.parameters(), config.optim)
     scaler = torch.amp.GradScaler(device.type, enabled=t.amp == "fp16")
@@ -473,6 +529,11 @@ def setup_training(args, config, device, model, datasets=None):
         start_step = restore_training_state(state, model=model, optimizer=optimizer, path=path,
                                             streams={"train": train_stream, "test": test_stream}, scaler=scaler)
         logging.info("resuming from %s at step %d", path, start_step)
-    writer = SummaryWriter(args.tb, purge_step=start_step + 1 if start_step else None)
+        if me:      # the checkpoint holds rank 0's random state: the other ranks draw their own noise again
+            seed_everything(args.seed + me + 1_000_003 * start_step)
+    if n_proc > 1:  # after loading the weights: DDP copies rank 0's into every process, then averages gradients
+        model = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None)
+    writer = SummaryWriter(args.tb, purge_step=start_step + 1 if start_step else None) if is_main() else None
     return dict(model=model, optimizer=optimizer, train_stream=train_stream, test_stream=test_stream,
                 config=config, log_dir=args.log, writer=writer, device=device, start_step=start_step, scaler=scaler)
