@@ -16,7 +16,16 @@ from torch import nn
 GROUPS = 8
 
 
-class ConvResBlock(nn.Module):
+class _ResBlock(nn.Module):
+    """act(main(x) + residual(x)); subclasses build ``main``, ``residual`` (only when ``resize``) and ``final_act``."""
+
+    def forward(self, x):
+        h = self.main(x)                                   # (B, out, H', W'), a fresh GroupNorm output
+        h += self.residual(x) if self.resize else x
+        return self.final_act(h)
+
+
+class ConvResBlock(_ResBlock):
     """act(main(x) + residual(x)); main = conv3x3 (stride 2 if resize) -> GN -> act -> conv3x3 -> GN.
     The residual is the identity, or a stride-2 conv3x3 when ``resize``."""
 
@@ -37,13 +46,8 @@ class ConvResBlock(nn.Module):
             self.residual = nn.Conv2d(in_channel, out_channel, 3, stride=2, padding=1)
         self.final_act = nn.ELU()
 
-    def forward(self, x):
-        h = self.main(x)                                   # (B, out, H', W'), a fresh GroupNorm output
-        h += self.residual(x) if self.resize else x
-        return self.final_act(h)
 
-
-class DeconvResBlock(nn.Module):
+class DeconvResBlock(_ResBlock):
     """act(main(x) + residual(x)) with transposed convolutions; when ``resize`` the second convT of main and the
     residual convT have stride 2 and output_padding 1 (H, W doubled)."""
 
@@ -63,11 +67,6 @@ class DeconvResBlock(nn.Module):
         if resize:
             self.residual = nn.ConvTranspose2d(in_channel, out_channel, 3, stride=2, padding=1, output_padding=1)
         self.final_act = nn.ELU()
-
-    def forward(self, x):
-        h = self.main(x)                                   # (B, out, H', W'), a fresh GroupNorm output
-        h += self.residual(x) if self.resize else x
-        return self.final_act(h)
 
 
 class ResScore(nn.Module):

@@ -1,4 +1,5 @@
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -6,6 +7,7 @@ import pytest
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
+LOSS_LINE = re.compile(r"step: (\d+), (loss|test_dsm_loss|test_loss): (\S+)$")
 SHARED = REPO.parent / "shared"
 
 
@@ -58,3 +60,14 @@ def run_main(args, cwd, timeout=600, env=None):
     full_env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1", **(env or {}))
     return subprocess.run([sys.executable, str(REPO / "main.py"), *args], cwd=cwd, capture_output=True, text=True,
                           timeout=timeout, env=full_env)
+
+
+def logged_losses(log_dir):
+    """{(step, 'loss' | 'test_dsm_loss' | 'test_loss'): value} from a run's stdout.txt (full-precision repr);
+    a step logged twice (a re-run after a resume) keeps its last value."""
+    out = {}
+    for line in (Path(log_dir) / "stdout.txt").read_text().splitlines():
+        m = LOSS_LINE.search(line)
+        if m:
+            out[int(m[1]), m[2]] = float(m[3])
+    return out

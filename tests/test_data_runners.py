@@ -2,9 +2,7 @@
 runners trained and tested end to end on them with tiny networks.  Tests that need ../shared skip without it."""
 import json
 import math
-import re
 import shutil
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,6 +11,7 @@ import yaml
 from PIL import Image
 
 import main as cli
+from conftest import logged_losses
 from configs import ConfigError, UserError, load_config
 from configs.schema import Data
 from datasets import check_shape, data_transform, get_dataset
@@ -158,17 +157,7 @@ def test_dequantisation_bounds_and_the_raw_option():
 
 # ---------------------------------------------------------------------------------------------------- runners
 
-LOSS_LINE = re.compile(r"step: (\d+), (loss|test_dsm_loss|test_loss): (\S+)$")
 
-
-def logged(log_dir):
-    """{(step, name): value} from the run's stdout.txt."""
-    out = {}
-    for line in (Path(log_dir) / "stdout.txt").read_text().splitlines():
-        m = LOSS_LINE.search(line)
-        if m:
-            out[int(m[1]), m[2]] = float(m[3])
-    return out
 
 
 def tiny_config(shared, runner, dataset, n_iters=3, **training):
@@ -200,7 +189,7 @@ def test_runner_trains_and_tests_on_real_data(shared, tmp_path, capfd, runner, d
     state = load_checkpoint(log / "checkpoint.pth")
     assert state["step"] == 3
     load_model_state(BUILD[runner](config), state, log / "checkpoint.pth")            # strict: keys and shapes
-    values = logged(log)
+    values = logged_losses(log)
     test_name = {"ScoreNetRunner": "test_loss"}.get(runner, "test_dsm_loss")
     assert sorted(values) == [(1, "loss"), (2, "loss"), (2, test_name), (3, "loss")]
     assert all(math.isfinite(v) for v in values.values())
@@ -246,7 +235,7 @@ def test_scorenet_loss_log_matches_the_log_and_figure1_has_a_panel_per_run(two_s
     for doc in ("noisy", "raw"):
         log = read_loss_log(run / "logs" / doc / "losses.csv")
         assert log["loss"][0] == [1, 2, 3, 4] and log["test_loss"][0] == [2, 4]
-        for (step, name), value in logged(run / "logs" / doc).items():
+        for (step, name), value in logged_losses(run / "logs" / doc).items():
             i = log[name][0].index(step)
             assert log[name][1][i] == pytest.approx(value, rel=1e-5, abs=1e-9)
     assert load_config(run / "logs" / "raw" / "config.yml").training.noise_std == 0

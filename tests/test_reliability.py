@@ -19,25 +19,15 @@ import yaml
 
 import main as cli
 from configs import UserError, config_from_dict, load_config
-from conftest import REPO, tiny_digits_config
+from conftest import REPO, logged_losses, tiny_digits_config
 from runners.common import load_checkpoint, load_model_state, save_checkpoint, train_loop
 
-LINE = re.compile(r"step: (\d+), (loss|test_dsm_loss): (\S+)$")
 
 
 def write(path, cfg):
     path.write_text(yaml.safe_dump(cfg))
     return str(path)
 
-
-def losses(log_dir):
-    """{(step, 'loss' | 'test_dsm_loss'): value} from stdout.txt (full-precision repr); a re-run step keeps its last."""
-    out = {}
-    for line in (Path(log_dir) / "stdout.txt").read_text().splitlines():
-        m = LINE.search(line)
-        if m:
-            out[int(m[1]), m[2]] = float(m[3])
-    return out
 
 
 def main_in_process(capfd, *argv):
@@ -107,7 +97,7 @@ def test_resume_reproduces_the_uninterrupted_run_bitwise(tmp_path, capfd):
                               "--seed", "99")
     assert rc == 0, err
 
-    straight, resumed = losses(Path(run, "logs", "straight")), losses(Path(run, "logs", "resumed"))
+    straight, resumed = logged_losses(Path(run, "logs", "straight")), logged_losses(Path(run, "logs", "resumed"))
     span = [(s, "loss") for s in range(5, 9)] + [(6, "test_dsm_loss")]
     assert all(k in straight for k in span) and len(straight) == 8 + 2
     assert {k: resumed[k] for k in span} == {k: straight[k] for k in span}        # exact float equality
@@ -146,7 +136,7 @@ def check_stopped_and_resume(capfd, tmp_path, cfg, run, name, rc, err):
     step = int(m[1])
     assert step >= 2 and Path(m[2]) == log / "checkpoint.pth"
     assert load_checkpoint(log / "checkpoint.pth")["step"] == step
-    assert max(s for s, _ in losses(log)) == step                     # the step it was in was finished, no more
+    assert max(s for s, _ in logged_losses(log)) == step                     # the step it was in was finished, no more
     assert "Traceback" not in err
     assert (log / "stdout.txt").read_text().splitlines()[-1].endswith(m[0])    # the log says why it stopped
 
@@ -155,7 +145,7 @@ def check_stopped_and_resume(capfd, tmp_path, cfg, run, name, rc, err):
                               "--run", str(run), "--resume_training")
     assert rc == 0, err
     assert load_checkpoint(log / "checkpoint.pth")["step"] == step + 2
-    assert {(step + 1, "loss"), (step + 2, "loss")} <= set(losses(log))
+    assert {(step + 1, "loss"), (step + 2, "loss")} <= set(logged_losses(log))
 
 
 def long_config():
@@ -358,7 +348,7 @@ def test_the_official_checkpoint_samples_and_resumes(tmp_path, capfd, shared):
     old = load_checkpoint(official)["model"]
     model_keys = set(state["model"])
     assert model_keys == set(old) and any(not torch.equal(state["model"][k], old[k]) for k in old)
-    assert ((2, "loss") in losses(log)) and ((2, "test_dsm_loss") in losses(log))
+    assert ((2, "loss") in logged_losses(log)) and ((2, "test_dsm_loss") in logged_losses(log))
 
 
 def test_load_model_state_names_the_file(tmp_path):
