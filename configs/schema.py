@@ -14,15 +14,9 @@ from typing import Optional
 
 import yaml
 
+from errors import ConfigError
+
 CONFIG_DIR = Path(__file__).resolve().parent
-
-
-class UserError(Exception):
-    """A mistake the user can fix (bad flag, config, data or path).  main.py prints it as one line and exits 1."""
-
-
-class ConfigError(UserError):
-    pass
 
 
 def _positive(value, path):
@@ -176,29 +170,6 @@ class Config:
     optim: Optim = field(default_factory=Optim)
     sampling: Sampling = field(default_factory=Sampling)
     toy: Toy = field(default_factory=Toy)
-
-
-def check_for_runner(cfg, runner):
-    """Checks that depend on the runner's network, made before any run folder exists; raises ConfigError.
-
-    They mirror the constructor/forward checks in models/ (which would otherwise fail only once training started):
-    RefineNetDilated (AnnealRunner, BaselineRunner) halves H and W once; ResScore (ScoreNetRunner) twice and needs
-    nef == ndf, a multiple of its 8 GroupNorm groups.  ToyRunner uses no image network.
-    """
-    d, m = cfg.data, cfg.model
-    if runner in ("AnnealRunner", "BaselineRunner"):
-        if d.image_size % 2:
-            raise ConfigError(f"data.image_size must be even for {runner} (RefineNetDilated halves it once), "
-                              f"got {d.image_size}")
-        if m.ngf < 2:
-            raise ConfigError(f"model.ngf must be >= 2 for {runner} (InstanceNorm++ needs 2 channels), got {m.ngf}")
-    elif runner == "ScoreNetRunner":
-        if d.image_size % 4:
-            raise ConfigError(f"data.image_size must be a multiple of 4 for ScoreNetRunner (ResScore halves it "
-                              f"twice), got {d.image_size}")
-        if m.nef != m.ndf or m.nef % 8:
-            raise ConfigError(f"ScoreNetRunner needs model.nef == model.ndf, a multiple of 8; got nef {m.nef}, "
-                              f"ndf {m.ndf}")
 
 
 def _check_type(value, tp, path):

@@ -8,8 +8,9 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from configs import Config, ConfigError, config_from_dict, config_to_dict, dump_config, load_config
-from configs.schema import CONFIG_DIR, check_for_runner
+from configs import Config, config_from_dict, config_to_dict, dump_config, load_config
+from configs.schema import CONFIG_DIR
+from errors import ConfigError
 from conftest import tiny_digits_config
 
 SHIPPED = sorted(CONFIG_DIR.glob("*.yml"))
@@ -70,35 +71,6 @@ def test_numeric_strings_are_floats_and_defaults_fill_the_rest():
     cfg = config_from_dict({"optim": {"lr": "1e-3"}, "model": {"sigma_begin": 1}})
     assert cfg.optim.lr == 0.001 and cfg.model.sigma_begin == 1.0 and isinstance(cfg.model.sigma_begin, float)
     assert cfg == dataclasses.replace(Config(), optim=dataclasses.replace(Config().optim, lr=0.001))
-
-
-@pytest.mark.parametrize("runner, change, message", [
-    ("AnnealRunner", {"data": {"image_size": 7}}, r"data\.image_size must be even for AnnealRunner"),
-    ("BaselineRunner", {"data": {"image_size": 27}}, r"data\.image_size must be even for BaselineRunner"),
-    ("AnnealRunner", {"model": {"ngf": 1}}, r"model\.ngf must be >= 2 for AnnealRunner"),
-    ("ScoreNetRunner", {"data": {"image_size": 30}}, r"data\.image_size must be a multiple of 4 for ScoreNetRunner"),
-    ("ScoreNetRunner", {"model": {"nef": 16, "ndf": 32}}, r"ScoreNetRunner needs model\.nef == model\.ndf"),
-    ("ToyRunner", {"data": {"image_size": 7}}, None),
-    ("AnnealRunner", {}, None),
-])
-def test_checks_that_depend_on_the_runners_network(runner, change, message):
-    cfg = config_from_dict(tiny_digits_config(**change))
-    if message is None:
-        check_for_runner(cfg, runner)
-    else:
-        with pytest.raises(ConfigError, match=message):
-            check_for_runner(cfg, runner)
-
-
-def test_the_network_itself_agrees_with_the_runner_check():
-    """check_for_runner mirrors CondRefineNetDilated: an odd size is refused by the network too, an even one works."""
-    import torch
-
-    from runners.anneal_runner import build_ncsn
-    with pytest.raises(ValueError, match="even"):
-        build_ncsn(config_from_dict(tiny_digits_config(data={"image_size": 7})))
-    net = build_ncsn(config_from_dict(tiny_digits_config(data={"image_size": 6}, model={"ngf": 2})))
-    assert net(torch.rand(2, 1, 6, 6), torch.tensor([0, 3])).shape == (2, 1, 6, 6)
 
 
 @pytest.mark.parametrize("content, message", [

@@ -12,7 +12,8 @@ from PIL import Image
 
 import main as cli
 from conftest import logged_losses
-from configs import ConfigError, UserError, load_config
+from configs import load_config
+from errors import ConfigError, UserError
 from configs.schema import Data
 from datasets import check_shape, data_transform, get_dataset
 from runners.anneal_runner import build_ncsn

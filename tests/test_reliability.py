@@ -18,7 +18,8 @@ import torch
 import yaml
 
 import main as cli
-from configs import UserError, config_from_dict, load_config
+from configs import config_from_dict, load_config
+from errors import UserError
 from conftest import REPO, logged_losses, tiny_digits_config
 from runners.common import load_checkpoint, load_model_state, save_checkpoint, train_loop
 

@@ -8,7 +8,8 @@ import pytest
 import torch
 from PIL import Image
 
-from configs import ConfigError, config_from_dict, load_config, resolve_config_path
+from configs import config_from_dict, load_config, resolve_config_path
+from errors import ConfigError
 from datasets.toy import FreshSamples, GaussianMixture, mmd2, mode_metrics, ring, two_gaussians
 from runners.toy_runner import METHODS, ToyNCSN, ToyRunner, _cpu_threads
 from conftest import run_main
