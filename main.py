@@ -11,13 +11,21 @@ import sys
 import traceback
 from pathlib import Path
 
-LOG_FORMAT = "%(levelname)s - %(filename)s - %(asctime)s - %(message)s"
+import torch
+
+from configs import dump_config, load_config, resolve_config_path
+from errors import ConfigError, TrainingInterrupted, UserError
+from runners import RUNNERS, torchrun_refusal
+from runners.outputs import log_to_file, setup_logging
+from training.distributed import (close_distributed, env_rank, init_distributed, is_main, main_process_first,
+                                  pick_device, rank)
+from training.rng import seed_everything
 
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description="Noise Conditional Score Networks (Song & Ermon, NeurIPS 2019)")
     p.add_argument("--runner", type=str, default="AnnealRunner",
-                   help="AnnealRunner, BaselineRunner, ScoreNetRunner or ToyRunner")
+                   help=f"one of {', '.join(RUNNERS)}")
     p.add_argument("--config", type=str, default=None,
                    help="a file in configs/ or a path (default anneal.yml; with --resume_training: the run's own)")
     p.add_argument("--seed", type=int, default=1234, help="random seed")
@@ -34,38 +42,6 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
-class _TqdmHandler(logging.StreamHandler):
-    """Log lines printed through tqdm so that they do not break progress bars."""
-
-    def emit(self, record):
-        from tqdm import tqdm
-        try:
-            tqdm.write(self.format(record), file=sys.stderr)
-        except Exception:       # logging's own contract: report handler errors, never raise
-            self.handleError(record)
-
-
-def setup_logging(level, log_file=None):
-    root = logging.getLogger()
-    for h in list(root.handlers):
-        root.removeHandler(h)
-        h.close()
-    handlers = [_TqdmHandler()]
-    if log_file is not None:
-        handlers.append(logging.FileHandler(log_file))
-    for h in handlers:
-        h.setFormatter(logging.Formatter(LOG_FORMAT))
-        root.addHandler(h)
-    root.setLevel(level)
-
-
-def _log_to_file(level, message):
-    """Record why the run stopped at the end of its stdout.txt (the terminal gets the message as one plain line)."""
-    for h in logging.getLogger().handlers:
-        if isinstance(h, logging.FileHandler):
-            h.handle(logging.LogRecord("main", level, __file__, 0, message, None, None))
-
-
 def prepare_run(args, create=True):
     """Load and validate the config; create (or check) the run folders.  Returns the Config.
 
@@ -73,13 +49,10 @@ def prepare_run(args, create=True):
     after rank 0 has prepared the run) only loads the config.  On ``--resume_training`` the run's config.yml is
     left alone here: train_loop replaces it with each checkpoint it writes, so that it always describes checkpoint.pth.
     """
-    from configs import ConfigError, UserError, dump_config, load_config, resolve_config_path
-    from configs.schema import check_for_runner
-
     def load(path):                 # the config, checked against the runner's network; errors name the file
         config = load_config(path)
         try:
-            check_for_runner(config, args.runner)
+            RUNNERS[args.runner].check_config(config)
         except ConfigError as e:
             raise ConfigError(f"{path}: {e}") from e
         return config
@@ -118,89 +91,27 @@ def prepare_run(args, create=True):
     return config
 
 
-def pick_device(name):
-    import torch
-
-    from configs import UserError
-    if name is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError as e:
-        raise UserError(f"unknown device {name!r}") from e
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UserError("--device cuda was asked for, but CUDA is not available")
-    return device
-
-
-DDP_RUNNERS = ("AnnealRunner", "BaselineRunner")
-
-
-def env_world_size():
-    """The number of processes torchrun started (1 without torchrun)."""
-    return int(os.environ.get("WORLD_SIZE", "1"))
-
-
-def init_distributed(args, device):
-    """Under torchrun (WORLD_SIZE > 1): join the process group (nccl on CUDA, else gloo); returns this rank's
-    device (cuda:LOCAL_RANK on CUDA).  Without torchrun: ``device`` unchanged."""
-    if env_world_size() == 1:
-        return device
-    import torch
-    import torch.distributed as dist
-
-    from configs import UserError
-    if args.test or args.runner not in DDP_RUNNERS:
-        what = "--test" if args.test else args.runner
-        raise UserError(f"{what} runs in a single process; start it without torchrun "
-                        f"(multi-process training: {', '.join(DDP_RUNNERS)})")
-    if not dist.is_available():
-        raise UserError("torchrun started several processes, but this PyTorch has no torch.distributed")
-    if device.type == "cuda":
-        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-        torch.cuda.set_device(device)
-    dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    return device
-
-
 def run(args):
-    from configs import UserError
-    from runners import RUNNERS
     if args.runner not in RUNNERS:
         raise UserError(f"unknown runner {args.runner!r}; choose one of {', '.join(RUNNERS)}")
     args.log = os.path.join(args.run, "logs", args.doc)
     args.tb = os.path.join(args.run, "tensorboard", args.doc)
-    device = init_distributed(args, pick_device(args.device))
+    device = init_distributed(pick_device(args.device), torchrun_refusal(args.runner, args.test))
     try:
-        return _prepare_and_run(args, device)
-    finally:
-        import torch.distributed as dist
-        if dist.is_available() and dist.is_initialized():
-            dist.destroy_process_group()
-
-
-def _prepare_and_run(args, device):
-    from runners.common import dist_max, is_main
-    failure = None
-    if is_main():                 # rank 0 alone checks, creates or deletes the run folders
+        # rank 0 alone checks, creates or deletes the run folders; the other ranks then only load the config
+        config = main_process_first(lambda main: prepare_run(args, create=main))
+        if config is None:
+            return 1                    # rank 0 failed and prints why
+        if args.test or args.resume_training:
+            return _run_runner(args, config, device)
         try:
-            config = prepare_run(args)
-        except BaseException as e:
-            failure = e
-    if dist_max(failure is not None):   # tells every rank whether rank 0 succeeded (and waits for its folders)
-        if failure is None:
-            return 1                    # rank 0 prints why
-        raise failure
-    if not is_main():
-        config = prepare_run(args, create=False)
-    if args.test or args.resume_training:
-        return _run_runner(args, config, device)
-    try:
-        return _run_runner(args, config, device)
-    except BaseException:
-        if is_main():
-            _remove_if_no_checkpoint(args)
-        raise
+            return _run_runner(args, config, device)
+        except BaseException:
+            if is_main():
+                _remove_if_no_checkpoint(args)
+            raise
+    finally:
+        close_distributed()
 
 
 def _remove_if_no_checkpoint(args):
@@ -216,8 +127,6 @@ def _remove_if_no_checkpoint(args):
 
 
 def _run_runner(args, config, device):
-    from runners import RUNNERS
-    from runners.common import is_main, rank, seed_everything
     if is_main():
         setup_logging(args.level, None if args.test else os.path.join(args.log, "stdout.txt"))
     else:                       # the other ranks only report warnings and errors, on the terminal
@@ -228,7 +137,6 @@ def _run_runner(args, config, device):
         logging.info("exp comment = %s", args.comment)
     logging.debug("config: %s", config)
 
-    import torch
     torch.backends.cudnn.benchmark = True
     seed_everything(args.seed + rank())        # each rank draws its own noise; rank 0 as a single process
     logging.info("runner %s on %s", args.runner, device)
@@ -248,20 +156,17 @@ def main(argv=None):
         return 2
     args.level = level
     setup_logging(level)
-    from configs import UserError
-    from runners.common import TrainingInterrupted
-    rank = int(os.environ.get("RANK", "0")) if env_world_size() > 1 else 0
-    prefix = f"[rank {rank}] " if rank else ""
+    prefix = f"[rank {env_rank()}] " if env_rank() else ""
     try:
         return run(args)
     except UserError as e:
         if level <= logging.DEBUG:
             traceback.print_exc()
-        _log_to_file(logging.ERROR, f"error: {e}")
+        log_to_file(logging.ERROR, f"error: {e}")
         print(f"{prefix}error: {e}", file=sys.stderr)
         return 1
     except TrainingInterrupted as e:
-        _log_to_file(logging.WARNING, str(e))
+        log_to_file(logging.WARNING, str(e))
         print(f"{prefix}{e}", file=sys.stderr)
         return e.exit_code
     except KeyboardInterrupt:

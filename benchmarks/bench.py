@@ -1,5 +1,8 @@
 """Speed benchmark: training steps and annealed-Langevin steps, variants measured side by side in one run.
 
+The model, objective and step are built by the same functions the runners use (runners/anneal_runner.py,
+training/loop.py), so a speed option is wired once.
+
     python benchmarks/bench.py --device cpu            # or cuda
     python benchmarks/bench.py --device cuda --json out.json
 
@@ -19,9 +22,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from losses import anneal_dsm_per_example  # noqa: E402
-from models import CondRefineNetDilated, anneal_langevin_dynamics, geometric_sigmas  # noqa: E402
-from runners.common import autocast_context  # noqa: E402
+from configs import config_from_dict  # noqa: E402
+from runners.anneal_runner import AnnealRunner, make_sigmas, ncsn_objective  # noqa: E402
+from sampling import anneal_langevin_dynamics  # noqa: E402
+from training.loop import forward_loss, update  # noqa: E402
+from training.precision import autocast_context  # noqa: E402
+from training.setup import make_optimizer  # noqa: E402
 
 SETTINGS = {   # name: (channels, image_size, ngf, train batch)
     "digits": (1, 8, 32, 128),
@@ -48,31 +54,37 @@ def timeit(fn, device, warmup, reps):
     return statistics.median(times) * 1000
 
 
-def bench_train(name, device, amp, channels_last, batch, warmup, reps):
+def setting_config(name, batch):
+    """The official NCSN config (anneal.yml defaults) at this setting's data shape, width and batch."""
     c, size, ngf, _ = SETTINGS[name]
+    return config_from_dict({"data": {"dataset": "MNIST", "channels": c, "image_size": size},
+                             "model": {"ngf": ngf}, "training": {"batch_size": batch}})
+
+
+def bench_train(name, device, amp, channels_last, batch, warmup, reps):
+    """One training step exactly as AnnealRunner takes it: its network, its objective, the loop's step functions."""
+    config = setting_config(name, batch)
+    c, size = config.data.channels, config.data.image_size
     torch.manual_seed(0)
-    model = CondRefineNetDilated(channels=c, image_size=size, ngf=ngf, num_classes=10).to(device)
     fmt = torch.channels_last if channels_last else torch.contiguous_format
-    model = model.to(memory_format=fmt)
-    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
-    sigmas = geometric_sigmas(1.0, 0.01, 10, device=device)
+    model = AnnealRunner.build_model(config).to(device).to(memory_format=fmt)
+    opt = make_optimizer(model.parameters(), config.optim)
+    objective = ncsn_objective(config, make_sigmas(config, device))
     x = torch.rand(batch, c, size, size, device=device).contiguous(memory_format=fmt)
 
     def step():
-        labels = torch.randint(0, 10, (batch,), device=device)
-        with autocast_context(device, amp):
-            loss = anneal_dsm_per_example(model, x, labels, sigmas).float().mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+        loss, _, _ = forward_loss(model, objective.loss_fn, x, amp)
+        update(opt, loss)
     return timeit(step, device, warmup, reps)
 
 
 def bench_sample(name, device, amp, n, steps):
-    c, size, ngf, _ = SETTINGS[name]
+    """Annealed Langevin steps with AnnealRunner's network and the one sampler (float64 step sizes, as --test)."""
+    config = setting_config(name, n)
+    c, size = config.data.channels, config.data.image_size
     torch.manual_seed(0)
-    model = CondRefineNetDilated(channels=c, image_size=size, ngf=ngf, num_classes=10).to(device).eval()
-    sigmas = geometric_sigmas(1.0, 0.01, 10, dtype=torch.float64)
+    model = AnnealRunner.build_model(config).to(device).eval()
+    sigmas = make_sigmas(config, device, dtype=torch.float64)
     x = torch.rand(n, c, size, size, device=device)
 
     def score(x, labels):

@@ -8,7 +8,7 @@ The input must be differentiable: these functions call ``requires_grad_`` on a d
 import torch
 import torch.autograd as autograd
 
-from models.sigmas import append_dims
+from sampling.schedules import append_dims
 
 
 def _ssm_vr_terms(score_fn, x, vectors):
@@ -23,11 +23,20 @@ def _ssm_vr_terms(score_fn, x, vectors):
     return loss1, loss2
 
 
+def _terms(score_net, samples, n_particles):
+    dup = samples.unsqueeze(0).expand(n_particles, *samples.shape).contiguous().view(-1, *samples.shape[1:])
+    return _ssm_vr_terms(score_net, dup, torch.randn_like(dup))          # each (n_particles * B,)
+
+
+def sliced_per_example(score_net, samples, n_particles=1):
+    """SSM-VR per projected example of an unconditional ``score_net(x)``.  Returns ((n_particles * B,), None)."""
+    loss1, loss2 = _terms(score_net, samples, n_particles)
+    return loss1 + loss2, None
+
+
 def sliced_score_estimation_vr(score_net, samples, n_particles=1):
     """Official ``sliced_score_estimation_vr``: returns ``(loss.mean(), loss1.mean(), loss2.mean())``."""
-    dup = samples.unsqueeze(0).expand(n_particles, *samples.shape).contiguous().view(-1, *samples.shape[1:])
-    vectors = torch.randn_like(dup)
-    loss1, loss2 = _ssm_vr_terms(score_net, dup, vectors)
+    loss1, loss2 = _terms(score_net, samples, n_particles)
     loss = loss1 + loss2
     return loss.mean(), loss1.mean(), loss2.mean()
 

@@ -71,12 +71,16 @@ class DeconvResBlock(_ResBlock):
 
 class ResScore(nn.Module):
     """Unconditional score network s_theta(x): ``forward(x)`` with x (B, channels, H, W), H and W divisible by 4;
-    returns a tensor shaped like x.  Input in [0, 1] is mapped to [-1, 1] unless ``logit_transform``."""
+    returns a tensor shaped like x.  Input in [0, 1] is mapped to [-1, 1] unless ``logit_transform``.
+    ``image_size`` (optional, not stored) checks at construction that the network can take that size."""
 
-    def __init__(self, channels=3, nef=32, ndf=32, logit_transform=False):
+    def __init__(self, channels=3, nef=32, ndf=32, logit_transform=False, image_size=None):
         super().__init__()
+        if image_size is not None:
+            _check_size(image_size, image_size)
         if nef != ndf:
-            raise ValueError(f"ResScore needs nef == ndf (the encoder output feeds the decoder), got {nef} and {ndf}")
+            raise ValueError(f"nef must equal ndf in ResScore (the encoder output feeds the decoder), got {nef} "
+                             f"and {ndf}")
         if nef < GROUPS or nef % GROUPS:
             raise ValueError(f"nef must be a positive multiple of {GROUPS} (GroupNorm groups), got {nef}")
         if channels < 1:
@@ -104,9 +108,12 @@ class ResScore(nn.Module):
 
     def forward(self, x):
         """x (B, C, H, W) -> (B, C, H, W); raises ValueError unless H and W are divisible by 4."""
-        h, w = x.shape[-2:]
-        if h % 4 or w % 4:
-            raise ValueError(f"ResScore needs H and W divisible by 4, got {h}x{w}")
+        _check_size(*x.shape[-2:])
         if not self.logit_transform:
             x = 2 * x - 1.
         return self.deconvs(self.convs(x))                 # (B, 4nef, H/4, W/4) in the middle
+
+
+def _check_size(h, w):
+    if h % 4 or w % 4:
+        raise ValueError(f"image_size must be a multiple of 4 for ResScore (it halves H and W twice), got {h}x{w}")

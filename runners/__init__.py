@@ -1,4 +1,11 @@
-"""Runners wire data, models, losses and samplers together; main.py dispatches through RUNNERS."""
+"""Runners: thin wiring, one per experiment (data + network + objective + sampler), plus what they write.
+
+``anneal_runner.py`` (NCSN), ``baseline_runner.py``, ``scorenet_runner.py`` (Figure 1), ``toy_runner.py`` (Figures 2
+and 3); ``base.py`` (what a runner declares: its network, whether it trains under torchrun); ``outputs.py`` (logs,
+grids, GIFs, output folders, loss logs); ``figures.py`` (the paper's figures).  What may not live here: a network
+(models/), a loss (losses/), a sampler (sampling/), a metric (evaluation/) or the training machinery (training/).
+RUNNERS is the one table of runner names; main.py dispatches through it.
+"""
 from runners.anneal_runner import AnnealRunner
 from runners.baseline_runner import BaselineRunner
 from runners.scorenet_runner import ScoreNetRunner
@@ -11,4 +18,13 @@ RUNNERS = {
     "ToyRunner": ToyRunner,
 }
 
-__all__ = ["RUNNERS", "AnnealRunner", "BaselineRunner", "ScoreNetRunner"]
+__all__ = ["RUNNERS", "torchrun_refusal", "AnnealRunner", "BaselineRunner", "ScoreNetRunner", "ToyRunner"]
+
+
+def torchrun_refusal(name, test):
+    """Why runner ``name`` (with ``--test`` when ``test``) cannot run in several processes, or None if it can."""
+    if not test and RUNNERS[name].distributed:
+        return None
+    several = ", ".join(n for n, r in RUNNERS.items() if r.distributed)
+    return (f"{'--test' if test else name} runs in a single process; start it without torchrun "
+            f"(multi-process training: {several})")

@@ -5,8 +5,10 @@ import torch
 import main as cli
 from conftest import tiny_digits_config
 from losses import anneal_dsm_score_estimation
-from models import CondRefineNetDilated, geometric_sigmas
-from runners.common import autocast_context, load_checkpoint
+from models import CondRefineNetDilated
+from sampling import geometric_sigmas
+from training.checkpoint import load_checkpoint
+from training.precision import autocast_context
 
 
 @pytest.mark.parametrize("amp", ["bf16", "fp16"])

@@ -33,12 +33,12 @@ def test_subprocess_error_is_one_line_and_a_traceback_only_with_verbose_debug(tm
                               stderr=subprocess.PIPE, text=True, env=dict(os.environ, OMP_NUM_THREADS="1"))
              for extra in ([], ["--verbose", "debug"])]
     (out, err), (_, debug_err) = (p.communicate(timeout=300) for p in procs)
-    expected = (f"error: {bad}: data.image_size must be even for AnnealRunner (RefineNetDilated halves it once), "
-                f"got 7")
+    expected = (f"error: {bad}: data.image_size must be a positive even int: the mean-pool downsampling in res2 halves "
+                f"H and W, got 7 (the AnnealRunner network)")
     assert procs[0].returncode == 1 and err.strip() == expected, err
     assert out == ""
     assert procs[1].returncode == 1 and debug_err.strip().splitlines()[-1] == expected
-    assert debug_err.startswith("Traceback") and "check_for_runner" in debug_err
+    assert debug_err.startswith("Traceback") and "check_config" in debug_err
     assert not (tmp_path / "run").exists()                        # caught before any folder was made
 
 
@@ -61,8 +61,9 @@ CONFIG_CASES = {
     "sigma_end > sigma_begin": ({"model": {"sigma_begin": 0.01, "sigma_end": 1.0}},
                                 r"{cfg}: model\.sigma_end \(1\.0\) must not exceed model\.sigma_begin \(0\.01\)"),
     "zero batch size": ({"training": {"batch_size": 0}}, r"{cfg}: training\.batch_size must be > 0, got 0"),
-    "odd image size": ({"data": {"image_size": 9}}, r"{cfg}: data\.image_size must be even for AnnealRunner"),
-    "ngf too small": ({"model": {"ngf": 1}}, r"{cfg}: model\.ngf must be >= 2 for AnnealRunner"),
+    "odd image size": ({"data": {"image_size": 9}},
+                       r"{cfg}: data\.image_size must be a positive even int: .*, got 9 \(the AnnealRunner network\)"),
+    "ngf too small": ({"model": {"ngf": 1}}, r"{cfg}: model\.ngf must be an int >= 2 .*\(the AnnealRunner network\)"),
 }
 
 

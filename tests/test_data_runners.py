@@ -16,10 +16,9 @@ from configs import load_config
 from errors import ConfigError, UserError
 from configs.schema import Data
 from datasets import check_shape, data_transform, get_dataset
-from runners.anneal_runner import build_ncsn
-from runners.baseline_runner import build_baseline
-from runners.common import load_checkpoint, load_model_state
-from runners.scorenet_runner import build_scorenet, read_loss_log
+from runners import AnnealRunner, BaselineRunner, ScoreNetRunner
+from training.checkpoint import load_checkpoint, load_model_state
+from runners.outputs import read_loss_log
 
 
 def data_cfg(shared, name, **kw):
@@ -172,7 +171,8 @@ def tiny_config(shared, runner, dataset, n_iters=3, **training):
     return cfg
 
 
-BUILD = {"AnnealRunner": build_ncsn, "BaselineRunner": build_baseline, "ScoreNetRunner": build_scorenet}
+BUILD = {"AnnealRunner": AnnealRunner.build_model, "BaselineRunner": BaselineRunner.build_model,
+         "ScoreNetRunner": ScoreNetRunner.build_model}
 
 
 @pytest.mark.parametrize("dataset", ["MNIST", "FOLDER", "CELEBA"])
@@ -286,7 +286,7 @@ def test_scorenet_resume_keeps_one_loss_row_per_step(two_scorenet_runs, capfd, t
 def test_scorenet_config_errors_are_one_line(tmp_path, capfd):
     bad = {"dsm needs training.noise_std > 0": {"training": {"algo": "dsm", "noise_std": 0.0}},
            "data.image_size must be a multiple of 4": {"data": {"image_size": 10}},
-           "model.nef == model.ndf": {"model": {"nef": 8, "ndf": 16}}}
+           "model.nef must equal ndf": {"model": {"nef": 8, "ndf": 16}}}
     for i, (message, change) in enumerate(bad.items()):
         cfg = {"training": {"num_workers": 0, "n_iters": 1}, "data": {"dataset": "DIGITS", "image_size": 8},
                "model": {"nef": 8, "ndf": 8}}

@@ -41,8 +41,8 @@ def torchrun(args, cwd, nproc=2):
 
 
 def test_torchrun_trains_one_run_that_a_single_process_loads_and_samples(tmp_path):
-    from runners.anneal_runner import build_ncsn
-    from runners.common import load_checkpoint
+    from runners import AnnealRunner
+    from training.checkpoint import load_checkpoint
     from configs import load_config
     cfg = tmp_path / "tiny.yml"
     cfg.write_text(yaml.safe_dump(tiny_digits_config()))
@@ -57,7 +57,7 @@ def test_torchrun_trains_one_run_that_a_single_process_loads_and_samples(tmp_pat
     assert text.count("step: 6, loss:") == 1 and text.count("test_dsm_loss") == 3
     state = load_checkpoint(log / "checkpoint.pth")
     assert state["step"] == 6 and not any(k.startswith("module.") for k in state["model"])
-    build_ncsn(load_config(log / "config.yml")).load_state_dict(state["model"])      # strict, unprefixed keys
+    AnnealRunner.build_model(load_config(log / "config.yml")).load_state_dict(state["model"])      # strict, unprefixed keys
 
     # a second start is refused on rank 0, and every rank stops (no hang), nothing changed
     before = (log / "checkpoint.pth").read_bytes()
@@ -76,7 +76,10 @@ def test_torchrun_trains_one_run_that_a_single_process_loads_and_samples(tmp_pat
 def _toy_training(tmp, rank, world):
     """Train a small MLP with the project's setup_training/train_loop on a deterministic regression loss."""
     from configs import load_config
-    from runners.common import seed_everything, setup_training, train_loop, unwrap
+    from training.loop import Objective, train_loop
+    from training.precision import unwrap
+    from training.rng import seed_everything
+    from training.setup import setup_training
     torch.set_num_threads(1)
     seed_everything(100 + rank)                             # a different initialisation in each process
     model = torch.nn.Sequential(torch.nn.Linear(4, 16), torch.nn.Tanh(), torch.nn.Linear(16, 1))
@@ -92,8 +95,8 @@ def _toy_training(tmp, rank, world):
     def loss_fn(m, X):                                      # fit sin of a projection: per-example squared errors
         return (m(X).squeeze(1) - torch.sin(X @ torch.tensor([1.0, -2.0, 0.5, 1.5]))) ** 2, None
 
-    train_loop(loss_fn=loss_fn, test_fn=lambda m, X: loss_fn(m, X)[0].mean().item(), **s)
-    return {k: v.detach().clone() for k, v in unwrap(s["model"]).state_dict().items()}
+    train_loop(s, Objective(loss_fn=loss_fn, test_fn=lambda m, X: loss_fn(m, X)[0].mean().item()))
+    return {k: v.detach().clone() for k, v in unwrap(s.model).state_dict().items()}
 
 
 def _worker(rank, tmp, port):

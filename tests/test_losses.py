@@ -4,9 +4,10 @@ import math
 import pytest
 import torch
 
-from losses import (anneal_dsm_per_example, anneal_dsm_score_estimation, anneal_sliced_score_estimation_vr,
-                    dsm_score_estimation, sliced_score_estimation_vr)
-from models import geometric_sigmas
+from losses import (anneal_dsm_per_example, anneal_dsm_score_estimation, anneal_sliced_per_example,
+                    anneal_sliced_score_estimation_vr, dsm_per_example, dsm_score_estimation, sliced_per_example,
+                    sliced_score_estimation_vr)
+from sampling import geometric_sigmas
 
 
 def gaussian_score(s):
@@ -86,7 +87,8 @@ def test_anneal_dsm_matches_formula_and_weights():
     def net(xt, lab):
         return torch.sin(xt) * (lab[:, None, None, None] + 1)
     for power in (2.0, 1.0):
-        per = anneal_dsm_per_example(net, x, labels, sigmas, power, noise=z)
+        per, per_labels = anneal_dsm_per_example(net, x, labels, sigmas, power, noise=z)
+        assert per_labels is labels
         sig = sigmas[labels].view(-1, 1, 1, 1)
         xt = x + sig * z
         by_hand = 0.5 * ((net(xt, labels) + z / sig) ** 2).flatten(1).sum(1) * sigmas[labels] ** power
@@ -102,3 +104,33 @@ def test_anneal_dsm_exact_perturbed_score_for_point_data():
     labels = torch.arange(100) % 2
     loss = anneal_dsm_score_estimation(lambda xt, lab: -(xt - 0.25) / sigmas[lab][:, None] ** 2, x0, labels, sigmas)
     assert loss.item() == pytest.approx(0.0, abs=1e-9)
+
+
+def test_every_per_example_form_returns_losses_and_labels_and_its_mean_is_the_official_value():
+    """One return shape for every objective: (losses (N,), labels (N,) or None); same draws -> the official mean."""
+    sigmas = torch.tensor([1.0, 0.5, 0.1], dtype=torch.float64)
+    x = torch.rand(5, 1, 3, 3, dtype=torch.float64)
+    labels = torch.tensor([0, 1, 2, 2, 1])
+
+    def cond(xt, lab):
+        return -xt * (lab.view(-1, 1, 1, 1) + 1)
+    uncond = torch.sin
+    cases = [  # (per-example form, official form, expected labels, expected N)
+        (lambda: dsm_per_example(uncond, x, sigma=0.1), lambda: dsm_score_estimation(uncond, x, sigma=0.1), None, 5),
+        (lambda: anneal_dsm_per_example(cond, x, labels, sigmas),
+         lambda: anneal_dsm_score_estimation(cond, x, labels, sigmas), labels, 5),
+        (lambda: sliced_per_example(uncond, x, n_particles=2), lambda: sliced_score_estimation_vr(uncond, x, 2)[0],
+         None, 10),
+        (lambda: anneal_sliced_per_example(cond, x, labels, sigmas, n_particles=2),
+         lambda: anneal_sliced_score_estimation_vr(cond, x, labels, sigmas, n_particles=2), labels.repeat(2), 10),
+    ]
+    for per_example, official, expected_labels, n in cases:
+        torch.manual_seed(11)
+        losses, got_labels = per_example()
+        torch.manual_seed(11)
+        value = official()
+        assert losses.shape == (n,)
+        assert (got_labels is None) == (expected_labels is None)
+        if expected_labels is not None:
+            assert torch.equal(got_labels, expected_labels)
+        torch.testing.assert_close(losses.mean(), value, rtol=1e-12, atol=0)

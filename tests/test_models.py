@@ -218,7 +218,7 @@ def test_resscore_output_shape_equals_input(channels):
 
 
 def test_resscore_argument_checks():
-    with pytest.raises(ValueError, match="nef == ndf"):
+    with pytest.raises(ValueError, match="nef must equal ndf"):
         ResScore(nef=16, ndf=8)
-    with pytest.raises(ValueError, match="divisible by 4"):
+    with pytest.raises(ValueError, match="multiple of 4"):
         ResScore(channels=1, nef=8, ndf=8)(torch.rand(1, 1, 30, 30))

@@ -21,7 +21,9 @@ import main as cli
 from configs import config_from_dict, load_config
 from errors import UserError
 from conftest import REPO, logged_losses, tiny_digits_config
-from runners.common import load_checkpoint, load_model_state, save_checkpoint, train_loop
+from training.checkpoint import load_checkpoint, load_model_state, save_checkpoint
+from training.loop import Objective, train_loop
+from training.setup import TrainSetup
 
 
 
@@ -234,8 +236,9 @@ def test_non_finite_weights_are_never_saved(tmp_path):
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     with pytest.raises(UserError, match=r"non-finite parameters \(weight\) after step 3; not saved; the last good "
                                         r"checkpoint .*checkpoint.pth \(step 2\) is kept unchanged"):
-        train_loop(model=model, loss_fn=loss_fn, optimizer=opt, train_stream=BatchStream(data, 4, seed=0),
-                   config=cfg, log_dir=tmp_path, writer=None, device=torch.device("cpu"))
+        train_loop(TrainSetup(model=model, optimizer=opt, train_stream=BatchStream(data, 4, seed=0), test_stream=None,
+                              config=cfg, log_dir=tmp_path, writer=None, device=torch.device("cpu")),
+                   Objective(loss_fn=loss_fn))
     assert load_checkpoint(tmp_path / "checkpoint.pth")["step"] == 2
     assert torch.isfinite(load_checkpoint(tmp_path / "checkpoint.pth")["model"]["weight"]).all()
     assert not (tmp_path / "checkpoint_3.pth").exists()
@@ -353,15 +356,15 @@ def test_the_official_checkpoint_samples_and_resumes(tmp_path, capfd, shared):
 
 
 def test_load_model_state_names_the_file(tmp_path):
-    from runners.anneal_runner import build_ncsn
+    from runners import AnnealRunner
     cfg = config_from_dict(tiny_digits_config())
-    state = {"model": build_ncsn(config_from_dict(tiny_digits_config(model={"ngf": 4}))).state_dict()}
+    state = {"model": AnnealRunner.build_model(config_from_dict(tiny_digits_config(model={"ngf": 4}))).state_dict()}
     with pytest.raises(UserError, match=r"^checkpoint /x/checkpoint.pth does not fit the network of this config: "
                                         r"\d+ tensors differ in shape \(e.g. begin_conv.weight: \[4, 1, 3, 3\] in "
                                         r"the file, \[8, 1, 3, 3\] in the network\); was it trained with other"):
-        load_model_state(build_ncsn(cfg), state, "/x/checkpoint.pth")
+        load_model_state(AnnealRunner.build_model(cfg), state, "/x/checkpoint.pth")
     del state["model"]["end_conv.bias"]
     state["model"]["extra"] = torch.zeros(1)
     with pytest.raises(UserError, match=r"; 1 tensors are missing \(e.g. end_conv.bias\); 1 tensors are unexpected "
                                         r"\(e.g. extra\)"):
-        load_model_state(build_ncsn(cfg), state, "/x/checkpoint.pth")
+        load_model_state(AnnealRunner.build_model(cfg), state, "/x/checkpoint.pth")

@@ -10,8 +10,11 @@ from PIL import Image
 
 from configs import config_from_dict, load_config, resolve_config_path
 from errors import ConfigError
-from datasets.toy import FreshSamples, GaussianMixture, mmd2, mode_metrics, ring, two_gaussians
-from runners.toy_runner import METHODS, ToyNCSN, ToyRunner, _cpu_threads
+from datasets import FreshSamples
+from datasets.toy import GaussianMixture, ring, two_gaussians
+from evaluation.toy_metrics import mmd2, mode_metrics
+from models import ToyNCSN
+from runners.toy_runner import METHODS, ToyRunner, _cpu_threads
 from conftest import run_main
 
 

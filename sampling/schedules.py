@@ -1,4 +1,5 @@
-"""Noise levels: the one geometric schedule of the paper (Sec. 4.2) and a broadcasting helper."""
+"""Noise levels: the one geometric schedule of the paper (Sec. 4.2), and the helper that broadcasts one value per
+example over an example's axes (used by the losses and samplers alike)."""
 import math
 
 import torch

@@ -1,0 +1,171 @@
+"""The paper's figures drawn from runs: Figure 1 (score matching losses against steps) and the toy Figures 2 and 3
+with the score-field GIF.  Every figure is written with matplotlib's Agg backend; nothing is shown."""
+import math
+from contextlib import contextmanager
+
+import numpy as np
+import torch
+
+from runners.outputs import save_gif
+
+DENSITY_GRID, QUIVER_GRID = 100, 20          # official: 100x100 density image, 20x20 arrows
+
+
+def _running_mean(values, window):
+    """Mean of the last ``window`` values at every position (fewer at the start)."""
+    v = np.asarray(values, dtype=np.float64)
+    c = np.concatenate([[0.0], np.cumsum(v)])
+    hi = np.arange(1, len(v) + 1)
+    lo = np.maximum(0, hi - window)
+    return (c[hi] - c[lo]) / (hi - lo)
+
+
+def plot_figure1(runs, path):
+    """One panel per run: the training loss (thin), its running mean and the test loss (dots) against steps."""
+    from matplotlib.figure import Figure
+    fig = Figure(figsize=(4.2 * len(runs), 3.4), layout="constrained")
+    axes = fig.subplots(1, len(runs), squeeze=False)[0]
+    for ax, (doc, cfg, log) in zip(axes, runs):
+        t = cfg.training
+        noise = "raw data (no noise)" if t.noise_std == 0 else f"noise std {t.noise_std:g}"
+        ax.set_title(f"{t.algo.upper()} on {cfg.data.dataset}, {noise}", fontsize=10)
+        if "loss" in log:
+            steps, values = log["loss"]
+            finite = [(s, v) for s, v in zip(steps, values) if math.isfinite(v)]
+            if finite:
+                s, v = zip(*finite)
+                ax.plot(s, v, lw=0.6, alpha=0.45, color="tab:blue", label="training loss")
+                ax.plot(s, _running_mean(v, max(1, len(v) // 50)), lw=1.4, color="tab:blue",
+                        label="running mean")
+            if len(finite) < len(values):
+                ax.axvline(steps[len(finite)], color="tab:red", ls="--", lw=1,
+                           label=f"non-finite from step {steps[len(finite)]}")
+        if "test_loss" in log:
+            ax.plot(*log["test_loss"], "o", ms=3.5, color="tab:orange", label="test loss")
+        ax.set_xlabel(f"training step  (run '{doc}')")
+        ax.set_ylabel("score matching loss")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.savefig(path, dpi=120)
+
+
+class ToyFigures:
+    """Figures of a 2-D toy distribution ``dist`` (datasets/toy.py) on the square [-bound, bound]^2; score networks are
+    evaluated on ``device``; ``sigmas`` (L,) are the NCSN's noise levels."""
+
+    def __init__(self, dist, bound, device, sigmas):
+        self.dist, self.bound, self.device, self.sigmas = dist, bound, device, sigmas
+
+    def _grid(self, n):
+        b = self.bound
+        xs = torch.linspace(-b, b, n)
+        gy, gx = torch.meshgrid(xs, xs, indexing="ij")
+        return gx, gy, torch.stack([gx.flatten(), gy.flatten()], dim=1)          # (n, n), (n, n), (n*n, 2)
+
+    def _density(self, ax, sigma=0.0, title="Data density", filled_levels=None):
+        """p_sigma on the grid: an 'inferno' image (official), or 'Oranges' filled contours behind score arrows."""
+        b, n = self.bound, DENSITY_GRID
+        gx, gy, pts = self._grid(n)
+        p = self.dist.log_prob(pts, sigma).exp().view(n, n).numpy()
+        if filled_levels:
+            ax.contourf(gx.numpy(), gy.numpy(), p, levels=filled_levels, cmap="Oranges")
+        else:
+            ax.imshow(p, origin="lower", extent=(-b, b, -b, b), cmap="inferno")
+        _square(ax, b, title)
+
+    def _quiver(self, ax, score_fn, title, scale, density_sigma):
+        """Arrows of score_fn on a 20x20 grid over p_{density_sigma}; ``scale``: the norm drawn as one grid spacing."""
+        gx, gy, pts = self._grid(QUIVER_GRID)
+        with torch.no_grad():
+            s = score_fn(pts.to(self.device)).float().cpu().view(QUIVER_GRID, QUIVER_GRID, 2).numpy()
+        self._density(ax, density_sigma, title, filled_levels=8)
+        spacing = 2 * self.bound / (QUIVER_GRID - 1)
+        ax.quiver(gx.numpy(), gy.numpy(), s[..., 0], s[..., 1], angles="xy", scale_units="xy", scale=scale / spacing,
+                  width=0.004)
+
+    def figure2(self, score_model, path):
+        """Data density, data scores, estimated scores, and the score error against the data density.  Returns the
+        claim of Figure 2 in numbers: the mean score error where data lives and where it does not."""
+        dist = self.dist
+        _, _, pts = self._grid(DENSITY_GRID)
+        with torch.no_grad():
+            err = (score_model(pts.to(self.device)).float().cpu() - dist.score(pts)).norm(dim=1)    # (n*n,)
+        logp = dist.log_prob(pts)
+        data_scale = float(dist.score(pts).norm(dim=1).max())
+        with _style() as (Figure, sns):
+            fig = Figure(figsize=(22, 5.2))
+            axes = fig.subplots(1, 4, gridspec_kw={"wspace": 0.3})
+            self._density(axes[0])
+            self._quiver(axes[1], dist.score, "Data scores", data_scale, 0.0)
+            self._quiver(axes[2], score_model, "Estimated scores", data_scale, 0.0)
+            # grid points binned by log density: median error and its 10-90% band
+            edges = torch.linspace(float(logp.min()), float(logp.max()), 25)
+            centres = ((edges[1:] + edges[:-1]) / 2)[torch.bucketize(logp, edges[1:-1])]
+            sns.lineplot(x=centres.numpy(), y=err.numpy(), estimator="median", errorbar=("pi", 80), marker="o",
+                         ax=axes[3])
+            axes[3].set(xlabel="log data density", ylabel="score error", yscale="log",
+                        title="Score error vs. density")
+            fig.savefig(path, bbox_inches="tight", dpi=60)
+        # the claim of Figure 2 in numbers: the error where data lives vs. where it does not
+        high = logp >= torch.quantile(logp, 0.9)
+        low = logp <= torch.quantile(logp, 0.5)
+        return {"mean_error_top10pct_density": round(float(err[high].mean()), 4),
+                "mean_error_bottom50pct_density": round(float(err[low].mean()), 4)}
+
+    def figure3(self, samples, metrics, path):
+        """Top: i.i.d., Langevin and annealed Langevin with the exact score; bottom: density and the learned models."""
+        titles = {"iid": "i.i.d. samples", "langevin": "Langevin", "annealed_langevin": "Annealed Langevin",
+                  "learned_langevin": "Langevin, learned score", "learned_annealed_langevin": "Annealed, learned NCSN"}
+        order = [["iid", "langevin", "annealed_langevin"], [None, "learned_langevin", "learned_annealed_langevin"]]
+        with _style() as (Figure, sns):
+            fig = Figure(figsize=(15, 10.4))
+            axes = fig.subplots(2, 3)
+            for row, names in zip(axes, order):
+                for ax, m in zip(row, names):
+                    if m is None:
+                        self._density(ax)
+                        continue
+                    x, r = samples[m].numpy(), metrics[m]
+                    ax.scatter(x[:, 0], x[:, 1], s=1.5, color="C0")
+                    if self.dist.n_modes <= 4:
+                        detail = "weights " + ", ".join(f"{v:.2f}" for v in r["mode_weights"])
+                    else:
+                        detail = f"{r['modes_covered']}/{r['n_modes']} modes, weight TV {r['weight_tv']:.3f}"
+                    _square(ax, self.bound, f"{titles[m]}\n{detail}")
+            fig.savefig(path, bbox_inches="tight", dpi=60)
+
+    def score_field_gif(self, ncsn, path):
+        """One frame per noise level, largest to smallest: the learned s(x, sigma_i) next to the exact score."""
+        frames = []
+        with _style() as (Figure, sns):
+            from matplotlib.backends.backend_agg import FigureCanvasAgg
+            from PIL import Image
+            for i, sigma in enumerate(self.sigmas.tolist()):
+                _, _, pts = self._grid(QUIVER_GRID)
+                scale = float(self.dist.score(pts, sigma).norm(dim=1).max())
+                labels = lambda x: torch.full((x.shape[0],), i, dtype=torch.long, device=x.device)   # noqa: E731
+                fig = Figure(figsize=(8, 4.2), dpi=60)                          # 480 x 252 pixels
+                ax1, ax2 = fig.subplots(1, 2)
+                fig.subplots_adjust(left=0.06, right=0.99, bottom=0.08, top=0.9, wspace=0.2)
+                self._quiver(ax1, lambda x: ncsn(x, labels(x)), f"learned, sigma = {sigma:.3g}", scale, sigma)
+                self._quiver(ax2, lambda x: self.dist.score(x, sigma), f"exact, sigma = {sigma:.3g}", scale, sigma)
+                canvas = FigureCanvasAgg(fig)
+                canvas.draw()
+                rgb = Image.fromarray(np.asarray(canvas.buffer_rgba())[..., :3].copy())
+                frames.append(rgb.quantize(colors=32, dither=Image.Dither.NONE))      # small GIF, no dither noise
+        save_gif(frames, path, duration=600)
+
+
+def _square(ax, bound, title):
+    ax.set(xlim=(-bound, bound), ylim=(-bound, bound), title=title, aspect="equal")
+
+
+@contextmanager
+def _style():
+    """seaborn's white style (official: sns.set(font_scale=1.3), style 'white') for figures drawn with Agg only."""
+    import matplotlib
+    matplotlib.use("Agg")                       # headless: never a window, whatever the environment says
+    import seaborn as sns
+    from matplotlib.figure import Figure
+    with sns.axes_style("white"), sns.plotting_context("notebook", font_scale=1.3):
+        yield Figure, sns

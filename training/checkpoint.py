@@ -1,0 +1,159 @@
+"""Checkpoints: one format, written atomically, read without executing code from the file.
+
+A checkpoint is a dict ``{version, step, model, optimizer, config, sigmas, rng, streams[, scaler]}`` whose ``model``
+holds the official state-dict keys (no ``module.`` / ``_orig_mod.`` prefix); the official list format
+``[state_dict with 'module.' prefix, optimizer state]`` loads too.
+"""
+import io
+import logging
+import os
+import re
+from pathlib import Path
+
+import torch
+
+from configs import config_to_dict
+from errors import UserError
+from training.precision import unwrap
+from training.rng import rng_state, set_rng_state
+
+CHECKPOINT_VERSION = 2
+
+
+def atomic_write(path, data):
+    """Write bytes to ``path`` through a temporary file and a rename: a crash never leaves a half file.
+
+    A failed write (disk full, no permission) is a UserError; ``path`` then still holds its previous content.
+    """
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        if os.name == "posix":                      # make the rename itself durable
+            fd = os.open(path.parent, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+    except OSError as e:
+        raise UserError(f"cannot write checkpoint {path}: {e.strerror or e}; the previous {path.name} (if any) "
+                        f"is unchanged") from e
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def save_checkpoint(paths, *, model, optimizer, step, sigmas, config, streams=None, scaler=None):
+    """Serialise the full training state once and write it atomically to every path in ``paths``."""
+    state = {"version": CHECKPOINT_VERSION, "step": step, "model": unwrap(model).state_dict(),
+             "optimizer": optimizer.state_dict(), "config": config_to_dict(config),
+             "sigmas": None if sigmas is None else sigmas.detach().cpu(),
+             "rng": rng_state(),
+             "streams": {k: stream_state(s) for k, s in (streams or {}).items()}}
+    if scaler is not None and scaler.is_enabled():
+        state["scaler"] = scaler.state_dict()
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    for p in paths:
+        atomic_write(p, buf.getvalue())
+
+
+def stream_state(stream):
+    state = dict(stream.state_dict())
+    if getattr(stream, "seed", None) is not None:
+        state["seed"] = int(stream.seed)
+    return state
+
+
+def load_checkpoint(path, map_location="cpu"):
+    """Load a checkpoint without executing code from it (``weights_only``).
+
+    Returns a dict with at least ``model`` and ``optimizer``; the official list format
+    ``[state_dict with 'module.' prefix, optimizer state]`` becomes ``{"model", "optimizer", "step": None}``.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"no checkpoint at {path}")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:      # torch raises many types for truncated/corrupt/unsafe files; all mean "bad file"
+        text = " ".join(str(e).split())
+        found = re.search(r"Unsupported global: GLOBAL (\S+)", text)
+        if found:
+            raise UserError(f"refusing to load checkpoint {path}: it holds Python objects ({found[1]}), not only "
+                            f"tensors and plain data, and loading them could run code") from e
+        found = re.search(r"WeightsUnpickler error: (.*?)(?: Check the documentation|$)", text)
+        first = found[1] if found else re.split(r"(?<=\.) ", text, maxsplit=1)[0]
+        raise UserError(f"cannot read checkpoint {path} (truncated, corrupt or not a PyTorch file): "
+                        f"{type(e).__name__}{': ' + first if first else ''}") from e
+    if isinstance(state, (list, tuple)) and len(state) >= 1 and isinstance(state[0], dict):
+        state = {"model": state[0], "optimizer": state[1] if len(state) > 1 else None, "step": None}
+    if not isinstance(state, dict) or not isinstance(state.get("model"), dict):
+        raise UserError(f"{path} is not an NCSN checkpoint (expected a dict with 'model' or the official list)")
+    # the official DataParallel "module." prefix (and a compiled network's "_orig_mod.", should a file carry one)
+    state["model"] = {re.sub(r"^(module\.|_orig_mod\.)+", "", k): v for k, v in state["model"].items()}
+    return state
+
+
+def load_model_state(model, state, path):
+    """Strictly load weights; an architecture or config mismatch is one clear error naming the file."""
+    own, saved = unwrap(model).state_dict(), state["model"]
+    problems = []
+    def shape(v):
+        return list(v.shape) if isinstance(v, torch.Tensor) else type(v).__name__
+
+    for kind, keys in (("differ in shape", [k for k in own if k in saved and shape(own[k]) != shape(saved[k])]),
+                       ("are missing", [k for k in own if k not in saved]),
+                       ("are unexpected", [k for k in saved if k not in own])):
+        if keys:
+            first = keys[0]
+            example = (f"{first}: {shape(saved[first])} in the file, {shape(own[first])} in the network"
+                       if kind == "differ in shape" else first)
+            problems.append(f"{len(keys)} tensors {kind} (e.g. {example})")
+    if problems:
+        raise UserError(f"checkpoint {path} does not fit the network of this config: {'; '.join(problems)}; was it "
+                        f"trained with other model/data settings (ngf, num_classes, channels)?")
+    try:
+        unwrap(model).load_state_dict(saved)
+    except RuntimeError as e:
+        detail = " ".join(str(e).split())
+        raise UserError(f"checkpoint {path} does not fit the network of this config: {detail[:300]}") from e
+
+
+def load_trained(model, path, device, eval_mode=True):
+    """``model`` on ``device`` with the weights of the checkpoint at ``path`` (in eval mode); returns (model, state)."""
+    state = load_checkpoint(path, map_location=device)
+    model = model.to(device)
+    load_model_state(model, state, path)
+    return (model.eval() if eval_mode else model), state
+
+
+def restore_training_state(state, *, model, optimizer, path, streams=None, scaler=None):
+    """Load weights, optimizer, random states and stream positions; return the step to continue from."""
+    load_model_state(model, state, path)
+    if state.get("optimizer") is not None:
+        try:
+            optimizer.load_state_dict(state["optimizer"])
+        except (ValueError, KeyError) as e:
+            raise UserError(f"optimizer state in {path} does not fit this config's optimizer: {e}") from e
+    if state.get("rng") is not None:
+        set_rng_state(state["rng"])
+    for k, s in (streams or {}).items():
+        if k in state.get("streams", {}):
+            saved = state["streams"][k]
+            if saved.get("seed") is not None and saved["seed"] != getattr(s, "seed", None):
+                # the data order belongs to the run, not to this invocation's --seed
+                logging.warning("%s data order continues with the run's seed %d (not --seed's %d)", k,
+                                saved["seed"], s.seed)
+                s.seed = int(saved["seed"])
+            s.load_state_dict(saved)
+    if scaler is not None and "scaler" in state:
+        scaler.load_state_dict(state["scaler"])
+    if state.get("step") is None:
+        logging.warning("%s is an official-format checkpoint without a step; counting steps from 0", path)
+        return 0
+    return int(state["step"])

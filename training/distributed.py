@@ -1,0 +1,111 @@
+"""Devices and processes: the device to run on, and several training processes under torchrun (joining the process
+group, ranks, and the few collective decisions).
+
+Without torchrun everything here is a no-op for a single process (rank 0, world size 1).
+"""
+import os
+
+import torch
+
+from errors import UserError
+
+
+def env_world_size():
+    """The number of processes torchrun started (1 without torchrun)."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def env_rank():
+    """This process's rank as torchrun announced it (0 without torchrun); usable before the group exists."""
+    return int(os.environ.get("RANK", "0")) if env_world_size() > 1 else 0
+
+
+def init_distributed(device, refusal=None):
+    """Under torchrun (WORLD_SIZE > 1): join the process group (nccl on CUDA, else gloo) and return this rank's device
+    (cuda:LOCAL_RANK on CUDA).  Without torchrun: ``device`` unchanged.  ``refusal``: when the command cannot run in
+    several processes, the one-line reason, raised as a UserError under torchrun."""
+    if env_world_size() == 1:
+        return device
+    import torch.distributed as dist
+    if refusal:
+        raise UserError(refusal)
+    if not dist.is_available():
+        raise UserError("torchrun started several processes, but this PyTorch has no torch.distributed")
+    if device.type == "cuda":
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(device)
+    dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return device
+
+
+def close_distributed():
+    dist = torch.distributed
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def world_size():
+    """The number of training processes: > 1 only under torchrun, after init_distributed joined the group."""
+    dist = torch.distributed
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def rank():
+    return torch.distributed.get_rank() if world_size() > 1 else 0
+
+
+def is_main():
+    """True in the process that logs and writes files (rank 0; the only process without torchrun)."""
+    return rank() == 0
+
+
+def _all_reduce(value, op):
+    dist = torch.distributed
+    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else None
+    t = torch.tensor(float(value), dtype=torch.float64, device=device)
+    dist.all_reduce(t, op=op)
+    return t.item()
+
+
+def dist_mean(value):
+    """The mean of a number over all processes (the number itself in a single process)."""
+    return value if world_size() == 1 else _all_reduce(value, torch.distributed.ReduceOp.SUM) / world_size()
+
+
+def dist_max(value):
+    """The largest value of a number over all processes (the number itself in a single process)."""
+    return value if world_size() == 1 else _all_reduce(value, torch.distributed.ReduceOp.MAX)
+
+
+def barrier():
+    if world_size() > 1:
+        torch.distributed.barrier()
+
+
+def main_process_first(fn):
+    """Run ``fn(True)`` on rank 0 (which may create or delete files), then ``fn(False)`` on the other ranks once rank 0
+    has succeeded; if rank 0 failed, it raises its error and the other ranks return None (rank 0 reports it)."""
+    failure, result = None, None
+    if is_main():
+        try:
+            result = fn(True)
+        except BaseException as e:      # re-raised below, after telling the other ranks
+            failure = e
+    if dist_max(failure is not None):   # every rank learns whether rank 0 succeeded (and waits for its files)
+        if failure is None:
+            return None
+        raise failure
+    return result if is_main() else fn(False)
+
+
+def pick_device(name):
+    """The device named by --device (default: cuda if available); one clear error for an unusable name."""
+    if name is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError as e:
+        raise UserError(f"unknown device {name!r}") from e
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda was asked for, but CUDA is not available")
+    return device

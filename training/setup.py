@@ -1,0 +1,81 @@
+"""Everything a training run is given: the typed :class:`TrainSetup` (network, optimizer, streams, writer, resumed
+step), the official optimizers, and :func:`setup_training`, which builds it for an image runner."""
+import dataclasses
+import logging
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+import torch.optim as optim
+
+from errors import ConfigError, UserError
+from training.checkpoint import load_checkpoint, restore_training_state
+from training.distributed import is_main, rank, world_size
+from training.rng import seed_everything
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainSetup:
+    """What :func:`training.loop.train_loop` trains with.  ``model`` may be wrapped (DDP); ``writer`` is a
+    tensorboard writer or None (ranks > 0); ``start_step`` is 0 for a new run, the checkpoint's step on resume."""
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    train_stream: Any
+    test_stream: Any
+    config: Any
+    log_dir: Path
+    writer: Any
+    device: torch.device
+    start_step: int = 0
+    scaler: Optional[torch.amp.GradScaler] = None
+
+
+def make_optimizer(params, optim_cfg):
+    """The official ``get_optimizer``: Adam (beta2 0.999), RMSprop or SGD (momentum 0.9)."""
+    if optim_cfg.optimizer == "Adam":
+        return optim.Adam(params, lr=optim_cfg.lr, weight_decay=optim_cfg.weight_decay,
+                          betas=(optim_cfg.beta1, 0.999), amsgrad=optim_cfg.amsgrad)
+    if optim_cfg.optimizer == "RMSProp":
+        return optim.RMSprop(params, lr=optim_cfg.lr, weight_decay=optim_cfg.weight_decay)
+    if optim_cfg.optimizer == "SGD":
+        return optim.SGD(params, lr=optim_cfg.lr, momentum=0.9)
+    raise UserError(f"optimizer {optim_cfg.optimizer} not understood")
+
+
+def setup_training(args, config, device, model, datasets=None):
+    """Data streams, optimizer, tensorboard writer and (with ``--resume_training``) the restored state: a TrainSetup.
+
+    ``datasets`` = (train, test) overrides ``get_dataset`` (tests pass their own).
+    """
+    from tensorboardX import SummaryWriter
+
+    from datasets import BatchStream, get_dataset
+    t = config.training
+    n_proc, me = world_size(), rank()
+    if t.batch_size % n_proc:
+        raise ConfigError(f"training.batch_size ({t.batch_size}) must be divisible by the number of processes "
+                          f"({n_proc}): each process takes an equal share of every batch")
+    train, test = datasets if datasets is not None else get_dataset(config.data, args.run)
+    pin = device.type == "cuda"
+    shard = dict(rank=me, world_size=n_proc, num_workers=t.num_workers, pin_memory=pin)
+    train_stream = BatchStream(train, t.batch_size, seed=args.seed, **shard)
+    test_stream = BatchStream(test, min(t.batch_size, len(test)), seed=args.seed + 1, drop_last=True, **shard)
+    model = model.to(device)
+    optimizer = make_optimizer(model.parameters(), config.optim)
+    scaler = torch.amp.GradScaler(device.type, enabled=t.amp == "fp16")
+    start_step = 0
+    if args.resume_training:
+        path = Path(args.log) / "checkpoint.pth"
+        state = load_checkpoint(path, map_location=device)
+        start_step = restore_training_state(state, model=model, optimizer=optimizer, path=path,
+                                            streams={"train": train_stream, "test": test_stream}, scaler=scaler)
+        logging.info("resuming from %s at step %d", path, start_step)
+        if me:      # the checkpoint holds rank 0's random state: the other ranks draw their own noise again
+            seed_everything(args.seed + me + 1_000_003 * start_step)
+    if n_proc > 1:  # after loading the weights: DDP copies rank 0's into every process, then averages gradients
+        model = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None)
+    writer = SummaryWriter(args.tb, purge_step=start_step + 1 if start_step else None) if is_main() else None
+    return TrainSetup(model=model, optimizer=optimizer, train_stream=train_stream, test_stream=test_stream,
+                      config=config, log_dir=Path(args.log), writer=writer, device=device, start_step=start_step,
+                      scaler=scaler)
