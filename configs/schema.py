@@ -123,7 +123,7 @@ class Sampling:
     n_samples: int = 25                # official: 25 (a 5x5 grid)
     n_steps_each: int = 100            # annealed Langevin steps per noise level
     n_steps: int = 1000                # plain Langevin steps (BaselineRunner)
-    step_lr: float = 2e-5              # = the paper's eps / 2 (see models/langevin.py)
+    step_lr: float = 2e-5              # = the paper's eps / 2 (see sampling/langevin.py)
     denoise: bool = False              # one extra denoising step at the end (not in the official code)
     gif_every: int = 10                # keep every n-th step as a GIF frame (official: 10)
     save_all_frames: bool = False      # also write every step as PNG + tensor (the official behaviour)

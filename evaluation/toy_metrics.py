@@ -1,5 +1,5 @@
-"""Metrics of 2-D toy samples (paper Figure 3 in numbers): the fraction of samples nearest each mode and a kernel
-MMD between two sample sets."""
+"""Metrics of 2-D toy experiments: of samples (paper Figure 3 in numbers: the fraction of samples nearest each mode,
+a kernel MMD between two sample sets) and of score models (Fisher divergences to a known exact score)."""
 import torch
 
 
@@ -38,3 +38,20 @@ def mode_metrics(dist, x, reference=None, min_fraction=0.25):
     if reference is not None:
         out["mmd2"] = round(mmd2(x, reference), 5)
     return out
+
+
+@torch.no_grad()
+def fisher_divergence(score_fn, exact_score, x):
+    """0.5 E ||s(x) - grad log p(x)||^2 over the points x (N, d), with the exact score ``exact_score(x)``."""
+    return 0.5 * (score_fn(x) - exact_score(x)).pow(2).sum(1).mean()
+
+
+@torch.no_grad()
+def annealed_fisher_divergence(ncsn, exact_score, x, sigmas):
+    """The same for a noise-conditional ``ncsn(x, labels)`` at one random level per point, on x + sigma z, weighted by
+    sigma^2 like the annealed DSM objective; ``exact_score(x, sigma)`` is the perturbed data's score."""
+    labels = torch.randint(0, len(sigmas), (x.shape[0],), device=x.device)
+    s = sigmas[labels][:, None]                                             # (N, 1)
+    xt = x + s * torch.randn_like(x)
+    err = (ncsn(xt, labels) - exact_score(xt, s)).pow(2).sum(1)
+    return 0.5 * (err * s[:, 0] ** 2).mean()

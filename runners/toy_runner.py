@@ -16,7 +16,7 @@ import torch
 
 from datasets import FreshSamples
 from datasets.toy import toy_distribution
-from evaluation.toy_metrics import mmd2, mode_metrics
+from evaluation.toy_metrics import annealed_fisher_divergence, fisher_divergence, mmd2, mode_metrics
 from losses import anneal_dsm_per_example, sliced_per_example
 from models import ToyNCSN, ToyScore
 from runners.base import Runner
@@ -63,17 +63,11 @@ class ToyRunner(Runner):
             labels = torch.randint(0, len(sigmas), (X.shape[0],), device=X.device)
             return anneal_dsm_per_example(model, X, labels, sigmas, t.anneal_power)
 
-        def score_fisher(model, X):                   # test: 0.5 E||s(x) - grad log p(x)||^2 with the exact score
-            with torch.no_grad():
-                return 0.5 * (model(X) - dist.score(X)).pow(2).sum(1).mean()
+        def score_fisher(model, X):                   # test losses: Fisher divergences to the exact score
+            return fisher_divergence(model, dist.score, X)
 
-        def ncsn_fisher(model, X):                    # the same at random levels, weighted by sigma^2 like the DSM
-            labels = torch.randint(0, len(sigmas), (X.shape[0],), device=X.device)
-            s = sigmas[labels][:, None]
-            x = X + s * torch.randn_like(X)
-            with torch.no_grad():
-                err = (model(x, labels) - dist.score(x, s)).pow(2).sum(1)
-            return 0.5 * (err * s[:, 0] ** 2).mean()
+        def ncsn_fisher(model, X):
+            return annealed_fisher_divergence(model, dist.score, X, sigmas)
 
         models = {}
         for name, model, loss_fn, test_fn, seed in (
