@@ -23,3 +23,12 @@ class TrainingInterrupted(Exception):
     def __init__(self, message, exit_code):
         super().__init__(message)
         self.exit_code = exit_code
+
+
+def is_allocation_error(error):
+    """True for a failed memory allocation (host or device), which must not be reported as, say, missing data."""
+    if isinstance(error, MemoryError) or type(error).__name__ == "OutOfMemoryError":
+        return True
+    text = str(error).lower()
+    return isinstance(error, RuntimeError) and ("can't allocate memory" in text or "out of memory" in text
+                                                 or "failed to allocate" in text)

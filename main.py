@@ -20,6 +20,7 @@ from runners.outputs import log_to_file, setup_logging
 from training.distributed import (close_distributed, env_rank, init_distributed, is_main, main_process_first,
                                   pick_device, rank)
 from training.rng import seed_everything
+from training.signals import stop_with_message
 
 
 def parse_args(argv=None):
@@ -40,6 +41,22 @@ def parse_args(argv=None):
                    help="replace an existing run <doc> (logs and tensorboard) or a non-empty image folder")
     p.add_argument("--device", type=str, default=None, help="cpu, cuda or cuda:N (default: cuda if available)")
     return p.parse_args(argv)
+
+
+SEED_MAX = 2 ** 32 - 1          # numpy's seed range; derived seeds (per rank, after a resume) wrap around
+
+
+def check_flags(args):
+    """Range and form checks of the flags, before anything else happens."""
+    doc = args.doc
+    if doc in ("", ".", "..") or "/" in doc or (os.altsep and os.altsep in doc) or \
+            any(ord(c) < 32 or ord(c) == 127 for c in doc) or len(doc.encode("utf-8", "surrogateescape")) > 255:
+        raise UserError(f"--doc must be one plain folder name (not empty, '.' or '..'; no '/', no control "
+                        f"characters, at most 255 bytes); got {doc[:40]!r}{'...' if len(doc) > 40 else ''}")
+    if not 0 <= args.seed <= SEED_MAX:
+        raise UserError(f"--seed must be in [0, {SEED_MAX}], got {str(args.seed)[:40]}")
+    if args.test and args.resume_training:
+        raise UserError("--test and --resume_training exclude each other")
 
 
 def prepare_run(args, create=True):
@@ -65,6 +82,9 @@ def prepare_run(args, create=True):
         return load(saved)
 
     if args.resume_training:
+        if not RUNNERS[args.runner].resumable:
+            raise UserError(f"{args.runner} runs cannot be resumed (they train in about a minute): start a new run "
+                            f"with another --doc, or --overwrite")
         if not (log / "checkpoint.pth").is_file():
             raise UserError(f"cannot resume: no checkpoint at {log / 'checkpoint.pth'}")
         return load(resolve_config_path(args.config) if args.config else log / "config.yml")
@@ -76,11 +96,15 @@ def prepare_run(args, create=True):
     if existing and not args.overwrite:
         raise UserError(f"run '{args.doc}' already exists ({existing[0]}); use --resume_training to continue "
                         f"it, another --doc, or --overwrite to replace it")
+    args.replaced = []              # the old run is moved aside, and deleted only once the new one has a checkpoint
     try:
         for p in existing:
-            shutil.rmtree(p)
+            aside = p.with_name(f".{p.name}.replaced-{os.getpid()}")
+            os.replace(p, aside)
+            args.replaced.append((p, aside))
     except OSError as e:
-        raise UserError(f"--overwrite: cannot remove {e.filename or existing[0]}: {e.strerror or e}") from e
+        _put_back(args)
+        raise UserError(f"--overwrite: cannot move {e.filename or existing[0]} aside: {e.strerror or e}") from e
     try:
         log.mkdir(parents=True, exist_ok=True)
         dump_config(config, log / "config.yml")
@@ -93,7 +117,8 @@ def prepare_run(args, create=True):
 
 def run(args):
     if args.runner not in RUNNERS:
-        raise UserError(f"unknown runner {args.runner!r}; choose one of {', '.join(RUNNERS)}")
+        raise UserError(f"unknown runner {args.runner[:40]!r}; choose one of {', '.join(RUNNERS)}")
+    check_flags(args)
     args.log = os.path.join(args.run, "logs", args.doc)
     args.tb = os.path.join(args.run, "tensorboard", args.doc)
     device = init_distributed(pick_device(args.device), torchrun_refusal(args.runner, args.test))
@@ -105,25 +130,40 @@ def run(args):
         if args.test or args.resume_training:
             return _run_runner(args, config, device)
         try:
-            return _run_runner(args, config, device)
+            result = _run_runner(args, config, device)
         except BaseException:
             if is_main():
-                _remove_if_no_checkpoint(args)
+                _settle_new_run(args, failed=True)
             raise
+        if is_main():
+            _settle_new_run(args, failed=False)
+        return result
     finally:
         close_distributed()
 
 
-def _remove_if_no_checkpoint(args):
-    """A new run that failed before its first checkpoint leaves nothing behind (the folders are this invocation's
-    own: prepare_run refuses existing ones without --overwrite), so that the corrected command can simply run again."""
+def _settle_new_run(args, failed):
+    """A new run that failed before its first checkpoint leaves nothing behind (its folders are this invocation's
+    own) and an old run it was to replace (--overwrite) comes back; otherwise the old run is deleted now."""
     log = Path(args.log)
-    if any(log.glob("checkpoint*.pth")):
+    if failed and not any(log.rglob("checkpoint*.pth")):
+        setup_logging(args.level)                     # close stdout.txt before removing its folder
+        for p in (log, Path(args.tb)):
+            if p.is_dir():
+                shutil.rmtree(p)
+        _put_back(args)
         return
-    setup_logging(args.level)                         # close stdout.txt before removing its folder
-    for p in (log, Path(args.tb)):
-        if p.is_dir():
-            shutil.rmtree(p)
+    for _, aside in getattr(args, "replaced", []):
+        if aside.is_symlink():
+            aside.unlink()                            # a link is removed, never what it points to
+        else:
+            shutil.rmtree(aside)
+
+
+def _put_back(args):
+    for original, aside in reversed(getattr(args, "replaced", [])):
+        os.replace(aside, original)
+    args.replaced = []
 
 
 def _run_runner(args, config, device):
@@ -156,9 +196,11 @@ def main(argv=None):
         return 2
     args.level = level
     setup_logging(level)
-    prefix = f"[rank {env_rank()}] " if env_rank() else ""
+    prefix = ""
     try:
-        return run(args)
+        prefix = f"[rank {env_rank()}] " if env_rank() else ""
+        with stop_with_message():
+            return run(args)
     except UserError as e:
         if level <= logging.DEBUG:
             traceback.print_exc()

@@ -11,7 +11,7 @@ import torch
 import torchvision.transforms as T
 from torch.utils.data import Dataset, TensorDataset
 
-from errors import ConfigError, UserError
+from errors import ConfigError, UserError, is_allocation_error
 
 
 _LAYOUT_HINT = {
@@ -158,7 +158,12 @@ def get_dataset(data_cfg, default_root):
             train, test = _torchvision(data_cfg, root, data_cfg.download)
     except UserError:
         raise
+    except MemoryError as e:
+        raise UserError(f"not enough memory to load {name} at data.image_size {data_cfg.image_size}") from e
     except (RuntimeError, OSError, ValueError) as e:
+        if is_allocation_error(e):
+            raise UserError(f"not enough memory to load {name} at data.image_size {data_cfg.image_size} "
+                            f"({str(e).strip().splitlines()[0][:120]})") from e
         hint = _LAYOUT_HINT.get(name, "").format(root=root)
         reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise UserError(f"{name} data not available under {root} ({reason}); put it there as {hint}, "

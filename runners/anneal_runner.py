@@ -4,12 +4,12 @@ from pathlib import Path
 import torch
 
 from datasets import data_transform, get_dataset
+from errors import UserError
 from losses import anneal_dsm_per_example, anneal_dsm_score_estimation, anneal_sliced_per_example
 from models import CondRefineNetDilated
 from runners.base import Runner
 from runners.outputs import prepare_output_folder, sample_to_folder
 from sampling import anneal_langevin_dynamics, geometric_sigmas, inpainting
-from training.checkpoint import load_trained
 from training.loop import Objective, train_loop
 from training.setup import setup_training
 
@@ -51,12 +51,12 @@ class AnnealRunner(Runner):
 
     def train(self):
         cfg = self.config
-        setup = setup_training(self.args, cfg, self.device, self.build_model(cfg))
+        setup = setup_training(self.args, cfg, self.device, self.new_model())
         train_loop(setup, ncsn_objective(cfg, make_sigmas(cfg, self.device)))
 
     def test(self):
         cfg, args, d, smp = self.config, self.args, self.config.data, self.config.sampling
-        model, _ = load_trained(self.build_model(cfg), Path(args.log) / "checkpoint.pth", self.device)
+        model, _ = self.trained_model(Path(args.log) / "checkpoint.pth")
         folder = prepare_output_folder(args.image_folder, args.overwrite)
         sigmas = make_sigmas(cfg, self.device, dtype=torch.float64)   # step sizes in float64, as official
         nrow = max(1, round(smp.n_samples ** 0.5))
@@ -66,6 +66,9 @@ class AnnealRunner(Runner):
         if smp.inpainting:
             # each of `nrow` test images is completed `nrow` times; the left half of the columns is observed
             _, test = get_dataset(d, args.run)
+            if nrow > len(test):
+                raise UserError(f"inpainting completes sqrt(sampling.n_samples) = {nrow} test images, but the "
+                                f"{d.dataset} test set has {len(test)}; lower sampling.n_samples")
             refs = torch.stack([test[i][0] for i in range(nrow)]).to(self.device)          # (k, C, H, W)
             reference = refs.repeat_interleave(nrow, dim=0)                               # (k*k, C, H, W)
             mask = torch.zeros_like(reference)

@@ -2,7 +2,8 @@
 whether it can train in several processes under torchrun.  main.py asks these questions; it lists no runner."""
 import torch
 
-from errors import ConfigError
+from errors import ConfigError, UserError, is_allocation_error
+from training.checkpoint import load_trained
 
 # network constructor arguments -> the config keys they come from (to name the key in an error)
 CONFIG_KEYS = {"channels": "data.channels", "image_size": "data.image_size", "ngf": "model.ngf",
@@ -15,6 +16,7 @@ class Runner:
     Subclasses define ``train()`` and ``test()``, and ``build_model(config)`` when they have one image network.
     """
     distributed = False         # True: ``train()`` runs under torchrun with DistributedDataParallel
+    resumable = True            # False: ``--resume_training`` is refused with one line
 
     def __init__(self, args, config, device):
         self.args, self.config, self.device = args, config, device
@@ -37,3 +39,53 @@ class Runner:
             if name in CONFIG_KEYS:
                 message = CONFIG_KEYS[name] + message[len(name):]
             raise ConfigError(f"{message} (the {cls.__name__} network)") from e
+
+    def new_model(self, model=None):
+        """A fresh network (``build_model``'s, or ``model`` built by the caller) on the runner's device; a network too
+        large for the device's memory is one clear error, not an allocator traceback or an exhausted machine."""
+        name = type(self).__name__
+        try:
+            if model is None:
+                _check_fits(self.config, self.build_model, self.device, name)
+                model = self.build_model(self.config)
+            return model.to(self.device)
+        except (RuntimeError, MemoryError) as e:
+            if not is_allocation_error(e):
+                raise
+            raise UserError(f"not enough memory on {self.device} for the {name} network of this config (model.ngf "
+                            f"{self.config.model.ngf}, data.image_size {self.config.data.image_size})") from e
+
+    def trained_model(self, path, model=None):
+        """The network with the weights of the checkpoint at ``path``, in eval mode: (model, checkpoint state).
+        Non-finite weights are refused: sampling from them gives only NaN images."""
+        model, state = load_trained(self.new_model(model), path, self.device)
+        bad = [n for n, p in model.named_parameters() if not bool(torch.isfinite(p).all())]
+        if bad:
+            raise UserError(f"checkpoint {path} holds non-finite weights ({', '.join(bad[:3])}"
+                            f"{', ...' if len(bad) > 3 else ''}); nothing to sample from it; use an earlier "
+                            f"checkpoint_<step>.pth")
+        return model, state
+
+
+def _check_fits(config, build, device, name):
+    """Refuse a network whose weights alone would not fit in the memory available now (on CPU: MemAvailable)."""
+    with torch.device("meta"):
+        n_bytes = sum(p.numel() * p.element_size() for p in build(config).parameters())
+    available = _available_bytes(device)
+    if available is not None and n_bytes > available:
+        raise UserError(f"the {name} network of this config has {n_bytes / 2**30:.1f} GiB of weights, more than "
+                        f"the {available / 2**30:.1f} GiB of memory available on {device}; reduce model.ngf or "
+                        f"data.image_size")
+
+
+def _available_bytes(device):
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:             # not Linux: rely on the allocator's own error
+        return None
+    return None

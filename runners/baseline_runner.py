@@ -15,7 +15,6 @@ from models import RefineNetDilated
 from runners.base import Runner
 from runners.outputs import prepare_output_folder, sample_to_folder
 from sampling import anneal_langevin_dynamics, unconditional
-from training.checkpoint import load_trained
 from training.loop import Objective, train_loop
 from training.setup import setup_training
 
@@ -46,12 +45,12 @@ class BaselineRunner(Runner):
 
     def train(self):
         cfg = self.config
-        train_loop(setup_training(self.args, cfg, self.device, self.build_model(cfg)), baseline_objective(cfg))
+        train_loop(setup_training(self.args, cfg, self.device, self.new_model()), baseline_objective(cfg))
 
     def test(self):
         """Plain Langevin dynamics from U[0, 1): samples.png, samples.pth (N, C, H, W) and movie.gif in ``-o``."""
         cfg, args, d, smp = self.config, self.args, self.config.data, self.config.sampling
-        model, _ = load_trained(self.build_model(cfg), Path(args.log) / "checkpoint.pth", self.device)
+        model, _ = self.trained_model(Path(args.log) / "checkpoint.pth")
         folder = prepare_output_folder(args.image_folder, args.overwrite)
         x = torch.rand(smp.n_samples, d.channels, d.image_size, d.image_size, device=self.device)   # init U[0, 1)
 

@@ -167,8 +167,11 @@ def read_rows(path):
     """Rows (step, tag, value) of a loss log, as strings; [] if the file does not exist."""
     if not Path(path).is_file():
         return []
-    with open(path, newline="") as f:
-        rows = list(csv.reader(f))
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            rows = list(csv.reader(f))
+    except (OSError, UnicodeDecodeError, csv.Error) as e:
+        raise UserError(f"cannot read loss log {path}: {getattr(e, 'strerror', None) or e}") from e
     if not rows or rows[0] != ["step", "tag", "value"]:
         raise UserError(f"{path} is not a loss log (expected the header step,tag,value)")
     return [r for r in rows[1:] if len(r) == 3]       # a row cut by a crash is skipped

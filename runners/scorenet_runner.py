@@ -26,7 +26,6 @@ from models import ResScore
 from runners.base import Runner
 from runners.figures import plot_figure1
 from runners.outputs import LOSS_LOG, LossLog, prepare_output_folder, read_loss_log
-from training.checkpoint import load_trained
 from training.loop import Objective, train_loop
 from training.setup import setup_training
 
@@ -80,7 +79,7 @@ class ScoreNetRunner(Runner):
         def test_fn(model, X):          # with gradients on: SSM needs d s(x) / dx (official: also for the test loss)
             return scorenet_loss(model, X, cfg)[0].mean().item()
 
-        setup = setup_training(self.args, cfg, self.device, self.build_model(cfg))
+        setup = setup_training(self.args, cfg, self.device, self.new_model())
         writer = LossLog(setup.writer, Path(self.args.log) / LOSS_LOG, setup.start_step)
         try:
             train_loop(dataclasses.replace(setup, writer=writer),
@@ -93,7 +92,7 @@ class ScoreNetRunner(Runner):
         """Test loss of the checkpoint over the whole test set (``test_loss.json``) and ``figure1.png`` in ``-o``."""
         cfg, args = self.config, self.args
         path = Path(args.log) / "checkpoint.pth"
-        model, state = load_trained(self.build_model(cfg), path, self.device)
+        model, state = self.trained_model(path)
         folder = prepare_output_folder(args.image_folder, args.overwrite)
 
         _, test = get_dataset(cfg.data, args.run)

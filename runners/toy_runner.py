@@ -23,7 +23,6 @@ from runners.base import Runner
 from runners.figures import ToyFigures
 from runners.outputs import prepare_output_folder
 from sampling import anneal_langevin_dynamics, geometric_sigmas, unconditional
-from training.checkpoint import load_trained
 from training.loop import Objective, train_loop
 from training.setup import TrainSetup, make_optimizer
 
@@ -31,6 +30,7 @@ METHODS = ("iid", "langevin", "annealed_langevin", "learned_langevin", "learned_
 
 
 class ToyRunner(Runner):
+    resumable = False           # two networks trained in turn, each into its own subfolder; training takes a minute
     def __init__(self, args, config, device):
         super().__init__(args, config, device)
         self.toy = config.toy
@@ -76,7 +76,7 @@ class ToyRunner(Runner):
             logging.info("training the %s (%s) on %s", name, "sliced SM" if name == "score_model" else "annealed DSM",
                          dist.name)
             (log / name).mkdir()
-            model = model.to(self.device)
+            model = self.new_model(model)
             writer = SummaryWriter(str(tb / name))
             setup = TrainSetup(model=model, optimizer=make_optimizer(model.parameters(), cfg.optim),
                                train_stream=FreshSamples(dist, t.batch_size, seed),
@@ -99,7 +99,7 @@ class ToyRunner(Runner):
         models = []
         for name, model in (("score_model", ToyScore(self.toy.hidden)), ("ncsn", ToyNCSN(self.sigmas,
                                                                                         self.toy.hidden))):
-            models.append(load_trained(model, log / name / "checkpoint.pth", self.device)[0])
+            models.append(self.trained_model(log / name / "checkpoint.pth", model)[0])
         folder = prepare_output_folder(self.args.image_folder, self.args.overwrite)
         self.sample_and_report(*models, folder, folder / "metrics.json")
 

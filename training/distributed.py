@@ -10,14 +10,28 @@ import torch
 from errors import UserError
 
 
+def _env_int(name, default, low, high=None):
+    """An integer environment variable set by torchrun, checked: one clear error when it is malformed."""
+    text = os.environ.get(name, str(default))
+    try:
+        value = int(text)
+    except ValueError:
+        value = None
+    if value is None or value < low or (high is not None and value > high):
+        bound = f"an integer >= {low}" if high is None else f"an integer in [{low}, {high}]"
+        raise UserError(f"environment variable {name} must be {bound}, got {text[:40]!r}")
+    return value
+
+
 def env_world_size():
     """The number of processes torchrun started (1 without torchrun)."""
-    return int(os.environ.get("WORLD_SIZE", "1"))
+    return _env_int("WORLD_SIZE", 1, 1, 1_000_000)
 
 
 def env_rank():
     """This process's rank as torchrun announced it (0 without torchrun); usable before the group exists."""
-    return int(os.environ.get("RANK", "0")) if env_world_size() > 1 else 0
+    world = env_world_size()
+    return _env_int("RANK", 0, 0, world - 1) if world > 1 else 0
 
 
 def init_distributed(device, refusal=None):
@@ -32,7 +46,7 @@ def init_distributed(device, refusal=None):
     if not dist.is_available():
         raise UserError("torchrun started several processes, but this PyTorch has no torch.distributed")
     if device.type == "cuda":
-        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        device = torch.device("cuda", _env_int("LOCAL_RANK", 0, 0, torch.cuda.device_count() - 1))
         torch.cuda.set_device(device)
     dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     return device
@@ -104,8 +118,12 @@ def pick_device(name):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
         device = torch.device(name)
-    except RuntimeError as e:
-        raise UserError(f"unknown device {name!r}") from e
+    except (RuntimeError, ValueError) as e:
+        raise UserError(f"unknown device {name[:40]!r}; use cpu, cuda or cuda:N") from e
+    if device.type not in ("cpu", "cuda") or (device.type == "cpu" and device.index not in (None, 0)):
+        raise UserError(f"--device {name[:40]!r} is not supported; use cpu, cuda or cuda:N")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise UserError("--device cuda was asked for, but CUDA is not available")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise UserError(f"--device {name}: there are only {torch.cuda.device_count()} CUDA devices (cuda:0 ...)")
     return device
