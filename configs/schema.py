@@ -1,8 +1,10 @@
 """Validated configuration: YAML -> frozen dataclasses, and back.
 
 Every section is a frozen dataclass; unknown keys, wrong types and impossible values raise :class:`ConfigError`
-naming the key path (e.g. ``optim.lr``).  Keys that the official configs have keep their names and meanings; new keys
-have defaults, so the official ``anneal.yml`` / ``baseline.yml`` / ``scorenet.yml`` load unchanged.
+naming the key path (e.g. ``optim.lr``).  Every int is range-checked (INT_BOUNDS, else a 64-bit integer); YAML with a
+duplicate key is refused; messages show a bad value only as a short excerpt (``errors.excerpt``).  Keys that the
+official configs have keep their names and meanings; new keys have defaults, so the official ``anneal.yml`` /
+``baseline.yml`` / ``scorenet.yml`` load unchanged.
 """
 import dataclasses
 import math
@@ -14,24 +16,76 @@ from typing import Optional
 
 import yaml
 
-from errors import ConfigError
+from errors import ConfigError, excerpt
 
 CONFIG_DIR = Path(__file__).resolve().parent
+
+# ---------------------------------------------------------------------------------------------- integer bounds
+# Every int field is range-checked (``_check_int_ranges``): by INT_BOUNDS where it has an entry, else to a 64-bit
+# integer (a C long; torch, numpy and tensorboard take no larger one).  The upper bounds are far above any real use
+# (the paper: 32x32 images, ngf 128, L = 10, batch 128) and rule out only sizes whose allocation cannot succeed.
+INT64_MIN, INT64_MAX = -2 ** 63, 2 ** 63 - 1
+SEED_MAX = 2 ** 32 - 1            # numpy's seed range is [0, 2**32 - 1]
+MAX_BATCH_SIZE = 65536            # 512x the paper's 128 (the 2-D toys can use big batches)
+MAX_IMAGE_SIZE = 1024             # 4x the 256x256 of the largest later NCSNs; RefineNet activations grow with size^2
+MAX_WIDTH = 1024                  # ngf (paper: 64/128), nef, ndf; the networks' parameters grow with width^2
+MAX_NOISE_LEVELS = 10000          # model.num_classes / toy.num_sigmas = L (paper: 10; NCSNv2 at 256x256: ~2300)
+MAX_N_SAMPLES = 10000             # sampling.n_samples (official: 25): drawn in one batch, shown as one 100x100 grid
+MAX_PARTICLES = 1024              # sliced score matching projections (training.n_particles; paper: 1)
+MAX_NUM_WORKERS = 256             # DataLoader worker processes
+MAX_TOY_SAMPLES = 16384           # toy.n_samples (paper: 1280); the MMD builds n x n float64 matrices (2 GiB each)
+MAX_TOY_HIDDEN = 8192             # toy MLP width (default 128)
+MAX_RING_MODES = 1000             # toy.ring_modes; far fewer already merge into a continuous ring
+
+INT_BOUNDS = {                    # "section.key": (lowest, highest, why the highest) for int fields
+    "training.batch_size": (1, MAX_BATCH_SIZE, "MAX_BATCH_SIZE"),
+    "training.n_particles": (1, MAX_PARTICLES, "MAX_PARTICLES"),
+    "training.num_workers": (0, MAX_NUM_WORKERS, "MAX_NUM_WORKERS"),
+    "data.image_size": (1, MAX_IMAGE_SIZE, "MAX_IMAGE_SIZE"),
+    "model.num_classes": (1, MAX_NOISE_LEVELS, "MAX_NOISE_LEVELS"),
+    "model.ngf": (1, MAX_WIDTH, "MAX_WIDTH"),
+    "model.nef": (1, MAX_WIDTH, "MAX_WIDTH"),
+    "model.ndf": (1, MAX_WIDTH, "MAX_WIDTH"),
+    "sampling.n_samples": (1, MAX_N_SAMPLES, "MAX_N_SAMPLES"),
+    "toy.seed": (0, SEED_MAX, "numpy's seeds are 0 .. 2**32 - 1"),
+    "toy.hidden": (1, MAX_TOY_HIDDEN, "MAX_TOY_HIDDEN"),
+    "toy.n_samples": (1, MAX_TOY_SAMPLES, "MAX_TOY_SAMPLES"),
+    "toy.num_sigmas": (1, MAX_NOISE_LEVELS, "MAX_NOISE_LEVELS"),
+    "toy.ring_modes": (1, MAX_RING_MODES, "MAX_RING_MODES"),
+}
+_DEFAULT_INT_BOUNDS = (INT64_MIN, INT64_MAX, "the largest 64-bit integer")
 
 
 def _positive(value, path):
     if value <= 0:
-        raise ConfigError(f"{path} must be > 0, got {value}")
+        raise ConfigError(f"{path} must be > 0, got {excerpt(value)}")
 
 
 def _non_negative(value, path):
     if value < 0:
-        raise ConfigError(f"{path} must be >= 0, got {value}")
+        raise ConfigError(f"{path} must be >= 0, got {excerpt(value)}")
 
 
 def _choice(value, choices, path):
     if value not in choices:
-        raise ConfigError(f"{path} must be one of {', '.join(map(str, choices))}; got {value!r}")
+        raise ConfigError(f"{path} must be one of {', '.join(map(str, choices))}; got {excerpt(value)}")
+
+
+def _check_int_ranges(section_obj, section):
+    """Range-check every int field of a section by INT_BOUNDS (a 64-bit integer where it has no entry)."""
+    for name, tp in typing.get_type_hints(type(section_obj)).items():
+        value = getattr(section_obj, name)
+        if tp not in (int, Optional[int]) or not isinstance(value, int) or isinstance(value, bool):
+            continue
+        path = f"{section}.{name}"
+        low, high, why = INT_BOUNDS.get(path, _DEFAULT_INT_BOUNDS)
+        if value < low:
+            if low in (0, 1):
+                (_non_negative if low == 0 else _positive)(value, path)
+            why_low = " (the smallest 64-bit integer)" if low == INT64_MIN else ""
+            raise ConfigError(f"{path} must be >= {low}{why_low}, got {excerpt(value)}")
+        if value > high:
+            raise ConfigError(f"{path} must be <= {high} ({why}), got {excerpt(value)}")
 
 
 @dataclass(frozen=True)
@@ -59,6 +113,7 @@ class Training:
         _non_negative(self.noise_std, "training.noise_std")
         _choice(self.algo, ("dsm", "ssm"), "training.algo")
         _choice(self.amp, ("none", "bf16", "fp16"), "training.amp")
+        _check_int_ranges(self, "training")
 
 
 DATASETS = ("MNIST", "FashionMNIST", "CIFAR10", "SVHN", "CELEBA", "FOLDER", "DIGITS")
@@ -78,6 +133,7 @@ class Data:
         _choice(self.dataset, DATASETS, "data.dataset")
         _positive(self.image_size, "data.image_size")
         _choice(self.channels, (1, 3), "data.channels")
+        _check_int_ranges(self, "data")
 
 
 @dataclass(frozen=True)
@@ -100,6 +156,7 @@ class Model:
         if self.sigma_end > self.sigma_begin:
             raise ConfigError(f"model.sigma_end ({self.sigma_end}) must not exceed model.sigma_begin "
                               f"({self.sigma_begin})")
+        _check_int_ranges(self, "model")
 
 
 @dataclass(frozen=True)
@@ -116,6 +173,7 @@ class Optim:
         _choice(self.optimizer, ("Adam", "RMSProp", "SGD"), "optim.optimizer")
         if not 0 <= self.beta1 < 1:
             raise ConfigError(f"optim.beta1 must be in [0, 1), got {self.beta1}")
+        _check_int_ranges(self, "optim")
 
 
 @dataclass(frozen=True)
@@ -132,6 +190,7 @@ class Sampling:
     def __post_init__(self):
         for name in ("n_samples", "n_steps_each", "n_steps", "step_lr", "gif_every"):
             _positive(getattr(self, name), f"sampling.{name}")
+        _check_int_ranges(self, "sampling")
 
 
 @dataclass(frozen=True)
@@ -160,6 +219,7 @@ class Toy:
             _non_negative(self.seed, "toy.seed")
         if self.sigma_end > self.sigma_begin:
             raise ConfigError(f"toy.sigma_end ({self.sigma_end}) must not exceed toy.sigma_begin ({self.sigma_begin})")
+        _check_int_ranges(self, "toy")
 
 
 @dataclass(frozen=True)
@@ -202,7 +262,13 @@ def _check_type(value, tp, path):
     elif tp is str:
         if isinstance(value, str):
             return value
-    raise ConfigError(f"{path} must be of type {tp.__name__}, got {type(value).__name__} {value!r}")
+    raise ConfigError(f"{path} must be of type {tp.__name__}, got {type(value).__name__} {excerpt(value)}")
+
+
+def _key_name(key):
+    """A key as error messages show it: a plain name as it is, anything else (a number, spaces, a line break, a
+    long name) as a short repr, so that the message stays one short line."""
+    return key if isinstance(key, str) and key.isidentifier() and len(key) <= 40 else excerpt(key, limit=40)
 
 
 def _build(cls, raw, path):
@@ -213,7 +279,7 @@ def _build(cls, raw, path):
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
     # a key that is not a plain name (a number, one with spaces or a line break) is shown quoted, on one line
-    unknown = sorted(k if isinstance(k, str) and k.isidentifier() else repr(k) for k in raw if k not in names)
+    unknown = sorted(_key_name(k) for k in raw if k not in names)
     if unknown:
         where = f"{path}." if path else ""
         raise ConfigError(f"unknown config key {where}{unknown[0]} (allowed in {path or 'the top level'}: "
@@ -243,8 +309,78 @@ def resolve_config_path(name):
     raise ConfigError(f"config file not found: {name} (looked in {CONFIG_DIR.name}/ and as a path)")
 
 
+class _YAMLValueError(yaml.YAMLError):
+    """Well-formed YAML that this loader refuses (a duplicate key, an absurdly long integer); a one-line message."""
+
+
+_MAX_INT_CHARS = 4300              # Python's own limit for decimal integers (sys.get_int_max_str_digits)
+_MERGE_TAG = "tag:yaml.org,2002:merge"
+
+
+class StrictLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` (no Python tags: nothing runs) that also refuses duplicate keys, at any depth, and integers
+    longer than _MAX_INT_CHARS characters (in any base; a long sexagesimal ``1:2:3:...`` takes quadratic time)."""
+
+    def construct_document(self, node):
+        _refuse_duplicate_keys(self, node)
+        return super().construct_document(node)
+
+    def construct_yaml_int(self, node):
+        if len(node.value) > _MAX_INT_CHARS:
+            raise _YAMLValueError(f"the integer at line {node.start_mark.line + 1} has {len(node.value)} characters "
+                                  f"(at most {_MAX_INT_CHARS})")
+        return super().construct_yaml_int(node)
+
+
+StrictLoader.add_constructor("tag:yaml.org,2002:int", StrictLoader.construct_yaml_int)
+
+
+def _refuse_duplicate_keys(loader, root):
+    """Raise _YAMLValueError for the first (by line) key that repeats a key of the same mapping.
+
+    Walks the composed node graph once, each node once (aliases share nodes), without recursion, before anything else
+    is built; keys equal as Python values (``1``, ``0x1``, ``1.0``, ``true``) are duplicates, as they would silently
+    replace each other in the dict.  ``<<`` merge keys are YAML's way to override a merged mapping and stay allowed.
+    """
+    seen, stack, repeats = {id(root)}, [(root, "")], []
+    while stack:
+        node, path = stack.pop()
+        if isinstance(node, yaml.SequenceNode):
+            children = [(item, f"{path}[{i}]") for i, item in enumerate(node.value)]
+        elif isinstance(node, yaml.MappingNode):
+            children, first = [], {}
+            for key_node, value_node in node.value:
+                child_path = path
+                if isinstance(key_node, yaml.ScalarNode) and key_node.tag != _MERGE_TAG:
+                    key = loader.construct_object(key_node)
+                    child_path = f"{path}.{_key_name(key)}" if path else _key_name(key)
+                    line = key_node.start_mark.line + 1
+                    try:
+                        if key in first:
+                            repeats.append((line, child_path, first[key]))
+                        else:
+                            first[key] = line
+                    except TypeError:       # unhashable: yaml's own error follows
+                        pass
+                children.append((value_node, child_path))
+        else:
+            continue
+        for child, child_path in children:
+            if id(child) not in seen:
+                seen.add(id(child))
+                stack.append((child, child_path))
+    if repeats:
+        line, key_path, first_line = min(repeats)
+        raise _YAMLValueError(f"duplicate key {key_path} at line {line} (first at line {first_line})")
+
+
+def _clip(text, limit=150):
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
+
+
 def load_config(path):
-    """Read a YAML file with ``yaml.safe_load`` and validate it; every failure is a ConfigError naming the file."""
+    """Read a YAML file (safe: no Python tags; duplicate keys refused) and validate it; every failure is a ConfigError
+    naming the file."""
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
@@ -253,10 +389,13 @@ def load_config(path):
     except UnicodeDecodeError as e:
         raise ConfigError(f"config {path} is not a UTF-8 text file ({e.reason} at byte {e.start})") from e
     try:
-        raw = yaml.safe_load(text)
+        raw = yaml.load(text, Loader=StrictLoader)
     except (yaml.YAMLError, ValueError, RecursionError) as e:     # ValueError: e.g. an impossible date 2019-02-30
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        raise ConfigError(f"malformed YAML in {path}: {first}") from e
+        if isinstance(e, yaml.MarkedYAMLError) and e.problem:      # what is wrong, and where (not "while ...")
+            first = e.problem + (f" (line {e.problem_mark.line + 1})" if e.problem_mark else "")
+        else:
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise ConfigError(f"malformed YAML in {path}: {_clip(first)}") from e
     if raw is None:
         raise ConfigError(f"config {path} is empty")
     try:
