@@ -54,7 +54,8 @@ def run_bad(capfd, tmp_path, *argv):
 CONFIG_CASES = {
     "missing config": (None, r"config file not found: {tmp}/nope.yml \(looked in configs/ and as a path\)"),
     "empty YAML": ("", r"config {cfg} is empty"),
-    "malformed YAML": ("training: [1, 2\n", r"malformed YAML in {cfg}: while parsing a flow sequence"),
+    "malformed YAML": ("training: [1, 2\n", r"malformed YAML in {cfg}: expected ',' or '\]', but got '<stream end>' "
+                                          r"\(line 2\)"),
     "unknown key": ({"training": {"n_iter": 5}}, r"{cfg}: unknown config key training\.n_iter \(allowed in training"),
     "wrong type": ({"training": {"batch_size": "16"}}, r"{cfg}: training\.batch_size must be of type int, got str"),
     "negative lr": ({"optim": {"lr": -0.001}}, r"{cfg}: optim\.lr must be > 0, got -0\.001"),
