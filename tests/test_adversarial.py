@@ -121,18 +121,39 @@ def test_flags_and_environment_out_of_range(tmp_path, capfd, monkeypatch, argv, 
     assert not (tmp_path / "run").exists()
 
 
-def test_a_network_too_large_for_memory_is_one_line(tmp_path, capfd):
-    cfg = write(tmp_path / "huge.yml", tiny_digits_config(model={"ngf": 200_000}))
-    rc, err = run_cli(capfd, "--config", cfg, "--doc", "huge", "--run", tmp_path / "run")
-    assert rc == 1 and err[-1].startswith("error: the AnnealRunner network of this config has ") and \
-        "GiB of weights, more than the" in err[-1], err
-    assert not (tmp_path / "run" / "logs" / "huge").exists()
-
-
-def test_data_too_large_for_memory_is_not_called_missing_data(tmp_path, capfd):
-    cfg = write(tmp_path / "big.yml", tiny_digits_config(data={"image_size": 200_000}, model={"ngf": 2}))
+def test_a_network_larger_than_the_free_memory_is_refused_before_allocating(tmp_path, capfd, monkeypatch):
+    """Within the config's bounds a network can still exceed this machine's memory: it is measured on the meta device
+    against the memory available now (here made small) and refused, with the run folder removed again."""
+    import runners.base
+    monkeypatch.setattr(runners.base, "_available_bytes", lambda device: 2 ** 20)
+    cfg = write(tmp_path / "big.yml", tiny_digits_config(model={"ngf": 64}))
     rc, err = run_cli(capfd, "--config", cfg, "--doc", "big", "--run", tmp_path / "run")
-    assert rc == 1 and err[-1].startswith("error: not enough memory to load DIGITS at data.image_size 200000"), err
+    assert rc == 1 and len(err[-1]) < 300 and err[-1].startswith("error: the AnnealRunner network of this config has ") \
+        and "GiB of weights, more than the 0.0 GiB of memory available on cpu; reduce model.ngf" in err[-1], err
+    assert not (tmp_path / "run" / "logs" / "big").exists()
+
+
+@pytest.mark.parametrize("error", [RuntimeError("[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: can't "
+                                                "allocate memory: you tried to allocate 123 bytes"), MemoryError()])
+def test_a_failed_allocation_is_one_line_and_not_called_missing_data(tmp_path, capfd, monkeypatch, error):
+    import datasets.images
+    import runners.anneal_runner
+
+    def fail(*args, **kwargs):
+        if torch.get_default_device().type != "meta":       # runner checks build on meta: those allocate nothing
+            raise error
+        real_init(*args, **kwargs)
+    real_init = runners.anneal_runner.CondRefineNetDilated.__init__
+    cfg = write(tmp_path / "t.yml", tiny_digits_config(model={"ngf": 4}))
+    monkeypatch.setattr(datasets.images, "_digits", fail)
+    rc, err = run_cli(capfd, "--config", cfg, "--doc", "data", "--run", tmp_path / "run")
+    assert rc == 1 and err[-1].startswith("error: not enough memory to load DIGITS at data.image_size 8"), err
+    monkeypatch.undo()
+    monkeypatch.setattr(runners.anneal_runner.CondRefineNetDilated, "__init__", fail)
+    rc, err = run_cli(capfd, "--config", cfg, "--doc", "net", "--run", tmp_path / "run")
+    assert rc == 1 and err[-1] == ("error: not enough memory on cpu for the AnnealRunner network of this config "
+                                   "(model.ngf 4, data.image_size 8)"), err
+    assert not (tmp_path / "run" / "logs" / "net").exists()
 
 
 def test_inpainting_more_references_than_the_test_set_is_one_line(trained, tmp_path, capfd):
