@@ -4,13 +4,23 @@ import random
 import numpy as np
 import torch
 
+_NUMPY_SEEDS = 2 ** 32                  # np.random.seed takes 0 <= seed < 2**32
+_TORCH_SEEDS = (-2 ** 63, 2 ** 64)      # torch.manual_seed takes [-2**63, 2**64)
+
 
 def seed_everything(seed):
+    """Seed Python, NumPy and torch (and CUDA) from any int.
+
+    Seeds derived from steps (``seed + rank + 1_000_003 * step``) outgrow NumPy's range: NumPy gets ``seed mod 2**32``
+    (torch ``seed mod 2**64`` outside its own range); seeds within range are used unchanged, as always.
+    """
+    seed = int(seed)
+    torch_seed = seed if _TORCH_SEEDS[0] <= seed < _TORCH_SEEDS[1] else seed % 2 ** 64
     random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
+    np.random.seed(seed % _NUMPY_SEEDS)
+    torch.manual_seed(torch_seed)
     if torch.cuda.is_available():
-        torch.cuda.manual_seed_all(seed)
+        torch.cuda.manual_seed_all(torch_seed)
 
 
 def rng_state():
@@ -24,14 +34,100 @@ def rng_state():
     return state
 
 
+def check_rng_state(state):
+    """The first problem of a saved :func:`rng_state` as ``(field, what is wrong)``, or None if it can be restored.
+
+    Every part is tried on a scratch generator, so that nothing global changes here.
+    """
+    if not isinstance(state, dict):
+        return "rng", f"is a {type(state).__name__}, not a dict"
+    missing = [k for k in ("python", "torch", "numpy") if k not in state]
+    if missing:
+        return f"rng.{missing[0]}", "is missing"
+    py = state["python"]
+    if not (isinstance(py, (tuple, list)) and len(py) == 3 and _is_int(py[0]) and isinstance(py[1], (tuple, list))
+            and all(_is_int(v) for v in py[1]) and (py[2] is None or isinstance(py[2], float))):
+        return "rng.python", "is not a Python random state (version, 625 ints, gauss)"
+    try:
+        random.Random().setstate(_as_tuple(py))
+    except (TypeError, ValueError, OverflowError) as e:
+        return "rng.python", f"is not a valid Python random state ({e})"
+    problem = _check_byte_state(state["torch"], torch.get_rng_state().numel())
+    if problem:
+        return "rng.torch", problem
+    try:
+        torch.Generator().set_state(state["torch"])
+    except RuntimeError as e:
+        return "rng.torch", f"is not a valid torch generator state ({' '.join(str(e).split())[:120]})"
+    n = state["numpy"]
+    if not isinstance(n, dict):
+        return "rng.numpy", f"is a {type(n).__name__}, not a dict"
+    for key in ("keys", "pos", "has_gauss", "cached_gaussian"):
+        if key not in n:
+            return f"rng.numpy.{key}", "is missing"
+    keys = n["keys"]
+    if not (isinstance(keys, torch.Tensor) and keys.dtype == torch.int64 and tuple(keys.shape) == (624,)):
+        return "rng.numpy.keys", f"is not an int64 tensor of shape (624,) ({_describe(keys)})"
+    if bool(((keys < 0) | (keys >= 2 ** 32)).any()):
+        return "rng.numpy.keys", "holds values outside 0..2**32-1"
+    if not (_is_int(n["pos"]) and 0 <= n["pos"] <= 624):
+        return "rng.numpy.pos", f"must be an int in 0..624, not {_excerpt(n['pos'])}"
+    if not (_is_int(n["has_gauss"]) and n["has_gauss"] in (0, 1)):
+        return "rng.numpy.has_gauss", f"must be 0 or 1, not {_excerpt(n['has_gauss'])}"
+    if not (isinstance(n["cached_gaussian"], (int, float)) and not isinstance(n["cached_gaussian"], bool)):
+        return "rng.numpy.cached_gaussian", f"must be a float, not {_excerpt(n['cached_gaussian'])}"
+    try:
+        np.random.RandomState().set_state(("MT19937", keys.numpy().astype(np.uint32), n["pos"], n["has_gauss"],
+                                           float(n["cached_gaussian"])))
+    except (TypeError, ValueError) as e:
+        return "rng.numpy", f"is not a valid NumPy random state ({e})"
+    if "cuda" in state:
+        cuda = state["cuda"]
+        if not isinstance(cuda, (list, tuple)):
+            return "rng.cuda", f"is a {type(cuda).__name__}, not a list of generator states"
+        size = torch.cuda.get_rng_state(0).numel() if torch.cuda.is_available() else None
+        for i, s in enumerate(cuda):
+            problem = _check_byte_state(s, size)
+            if problem:
+                return f"rng.cuda[{i}]", problem
+    return None
+
+
 def set_rng_state(state):
+    """Restore a :func:`rng_state` (check it first with :func:`check_rng_state`).  CUDA states are restored for the
+    devices this machine has (a checkpoint of a machine with more GPUs keeps the extra states unused)."""
     random.setstate(_as_tuple(state["python"]))
     torch.set_rng_state(state["torch"])
     n = state["numpy"]
     np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"],
                          n["cached_gaussian"]))
     if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+        torch.cuda.set_rng_state_all(list(state["cuda"])[:torch.cuda.device_count()])
+
+
+def _check_byte_state(t, size):
+    if not isinstance(t, torch.Tensor) or t.dtype != torch.uint8 or t.dim() != 1:
+        return f"is not a 1-D uint8 tensor ({_describe(t)})"
+    if size is not None and t.numel() != size:
+        return f"has {t.numel()} bytes, not {size}"
+    return None
+
+
+def _is_int(x):
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+def _describe(x):
+    if isinstance(x, torch.Tensor):
+        return f"{x.dtype} tensor of shape {tuple(x.shape)}"
+    return type(x).__name__
+
+
+def _excerpt(x):
+    if isinstance(x, torch.Tensor):
+        return _describe(x)
+    text = " ".join(repr(x).split())
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 def _as_tuple(x):

@@ -2,6 +2,7 @@
 step), the official optimizers, and :func:`setup_training`, which builds it for an image runner."""
 import dataclasses
 import logging
+import os
 from pathlib import Path
 from typing import Any, Optional
 
@@ -9,7 +10,7 @@ import torch
 import torch.optim as optim
 
 from errors import ConfigError, UserError
-from training.checkpoint import load_checkpoint, restore_training_state
+from training.checkpoint import find_resume_checkpoint, remove_stale_temp_files, restore_training_state
 from training.distributed import is_main, rank, world_size
 from training.rng import seed_everything
 
@@ -65,17 +66,39 @@ def setup_training(args, config, device, model, datasets=None):
     scaler = torch.amp.GradScaler(device.type, enabled=t.amp == "fp16")
     start_step = 0
     if args.resume_training:
-        path = Path(args.log) / "checkpoint.pth"
-        state = load_checkpoint(path, map_location=device)
+        log = Path(args.log)
+        if is_main():           # the one process that writes checkpoints: it must be able to, before training again
+            remove_stale_temp_files(log)
+            check_writable(log, "the run folder")
+        path, state = find_resume_checkpoint(log, map_location=device)
         start_step = restore_training_state(state, model=model, optimizer=optimizer, path=path,
-                                            streams={"train": train_stream, "test": test_stream}, scaler=scaler)
+                                            streams={"train": train_stream, "test": test_stream}, scaler=scaler,
+                                            config=config)
         logging.info("resuming from %s at step %d", path, start_step)
         if me:      # the checkpoint holds rank 0's random state: the other ranks draw their own noise again
             seed_everything(args.seed + me + 1_000_003 * start_step)
     if n_proc > 1:  # after loading the weights: DDP copies rank 0's into every process, then averages gradients
         model = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None)
-    writer = SummaryWriter(args.tb, purge_step=start_step + 1 if start_step else None) if is_main() else None
+    writer = None
+    if is_main():
+        try:
+            writer = SummaryWriter(args.tb, purge_step=start_step + 1 if start_step else None)
+        except OSError as e:
+            raise UserError(f"cannot write the tensorboard log {args.tb}: {e.strerror or e}") from e
     return TrainSetup(model=model, optimizer=optimizer, train_stream=train_stream, test_stream=test_stream,
                       config=config, log_dir=Path(args.log), writer=writer, device=device, start_step=start_step,
                       scaler=scaler)
+
+
+def check_writable(folder, what):
+    """A UserError if no file can be created in ``folder`` (read-only, no permission, missing)."""
+    folder = Path(folder)
+    probe = folder / f".checkpoint.probe.tmp{os.getpid()}"     # the pattern remove_stale_temp_files cleans up
+    try:
+        with open(probe, "wb"):
+            pass
+        probe.unlink()
+    except OSError as e:
+        raise UserError(f"cannot resume: {what} {folder} is not writable ({e.strerror or e}); checkpoints could not "
+                        f"be saved") from e
