@@ -17,6 +17,7 @@ from configs import dump_config, load_config, resolve_config_path
 from errors import ConfigError, TrainingInterrupted, UserError
 from runners import RUNNERS, torchrun_refusal
 from runners.outputs import log_to_file, setup_logging
+from training.checkpoint import resume_checkpoint_path
 from training.distributed import (close_distributed, env_rank, init_distributed, is_main, main_process_first,
                                   pick_device, rank)
 from training.rng import seed_everything
@@ -85,8 +86,7 @@ def prepare_run(args, create=True):
         if not RUNNERS[args.runner].resumable:
             raise UserError(f"{args.runner} runs cannot be resumed (they train in about a minute): start a new run "
                             f"with another --doc, or --overwrite")
-        if not (log / "checkpoint.pth").is_file():
-            raise UserError(f"cannot resume: no checkpoint at {log / 'checkpoint.pth'}")
+        resume_checkpoint_path(log)     # checkpoint.pth, or the newest complete snapshot; else one clear error
         return load(resolve_config_path(args.config) if args.config else log / "config.yml")
 
     config = load(resolve_config_path(args.config or "anneal.yml"))

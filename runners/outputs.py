@@ -30,7 +30,10 @@ def setup_logging(level, log_file=None):
         h.close()
     handlers = [_TqdmHandler()]
     if log_file is not None:
-        handlers.append(logging.FileHandler(log_file))
+        try:
+            handlers.append(logging.FileHandler(log_file))
+        except OSError as e:
+            raise UserError(f"cannot write the run's log {log_file}: {e.strerror or e}") from e
     for h in handlers:
         h.setFormatter(logging.Formatter(LOG_FORMAT))
         root.addHandler(h)

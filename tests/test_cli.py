@@ -110,7 +110,7 @@ def test_bad_flags_and_folders_change_nothing(tmp_path, capfd, trained):
         (["--doc", "never", "--run", run, "--test"],
          f"error: no trained run at {run}/logs/never (missing config.yml); train it first with --doc never"),
         (["--doc", "never", "--run", run, "--resume_training"],
-         f"error: cannot resume: no checkpoint at {run}/logs/never/checkpoint.pth"),
+         f"error: cannot resume: no checkpoint in {run}/logs/never"),
         (["--config", ok, "--doc", "x", "--run", str(blocker / "run")],
          f"error: cannot write the run folder {blocker}/run/logs/x: Not a directory"),
         (["--doc", "ok", "--run", run, "--test", "-o", str(blocker)],

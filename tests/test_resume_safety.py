@@ -34,12 +34,6 @@ from training.checkpoint import (find_resume_checkpoint, load_checkpoint, remove
 from training.rng import rng_state, seed_everything
 from training.setup import make_optimizer, setup_training
 
-# main.py's prepare_run still refuses --resume_training without <log>/checkpoint.pth; once it calls
-# resume_checkpoint_path (to be wired in when merging), set this to True: the SIGKILL test then resumes through the
-# unmodified main.main even where the kill left only checkpoint_{step}.pth.
-MAIN_USES_RESUME_CHECKPOINT_PATH = False
-
-
 def write(path, cfg):
     path.write_text(yaml.safe_dump(cfg))
     return str(path)
@@ -414,37 +408,28 @@ def test_a_read_only_run_folder_is_one_clear_error(tmp_path, capfd, monkeypatch)
         setup_training(setup_args(run, "ro"), config, torch.device("cpu"), AnnealRunner.build_model(config))
 
 
-@pytest.mark.skipif(os.name != "posix" or os.geteuid() == 0, reason="needs a non-root POSIX user for chmod")
-def test_a_read_only_run_folder_through_main(tmp_path, capfd):
+def test_a_read_only_run_folder_through_main(tmp_path, capfd, monkeypatch):
+    """The same through main.py: one error line, no traceback (writes refused as a read-only folder would)."""
+    import builtins
     run, log, cfg = trained(tmp_path, capfd, "ro2", n_iters=1)
     cfg["training"]["n_iters"] = 2
-    for p in (log, run / "tensorboard" / "ro2"):
-        p.chmod(0o555)
-    try:
-        rc, err = main_in_process(capfd, "--config", write(tmp_path / "b.yml", cfg), "--doc", "ro2", "--run", str(run),
-                                  "--resume_training")
-    finally:
-        for p in (log, run / "tensorboard" / "ro2"):
-            p.chmod(0o755)
+    config = write(tmp_path / "b.yml", cfg)
+    real_open = builtins.open
+
+    def read_only(path, mode="r", *a, **k):
+        if any(c in mode for c in "wax+") and Path(path).parent in (log, run / "tensorboard" / "ro2"):
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_open(path, mode, *a, **k)
+    monkeypatch.setattr(builtins, "open", read_only)
+    rc, err = main_in_process(capfd, "--config", config, "--doc", "ro2", "--run", str(run), "--resume_training")
+    monkeypatch.undo()
     assert rc == 1 and err[-1].startswith("error: ") and "Traceback" not in "\n".join(err), err
 
 
 # ------------------------------------------------------------------------------------- SIGKILL during saves
 
 def _resume_in_process(capfd, monkeypatch, config, doc, run):
-    """``main.py --resume_training`` in-process.  Until main.py uses resume_checkpoint_path, its prepare_run is
-    given the resume branch it will have (config from --config, the checkpoint found by resume_checkpoint_path)."""
-    if not MAIN_USES_RESUME_CHECKPOINT_PATH:
-        real = cli.prepare_run
-
-        def prepare_run(args, create=True):
-            if not args.resume_training:
-                return real(args, create)
-            resume_checkpoint_path(args.log)
-            loaded = load_config(config)
-            cli.RUNNERS[args.runner].check_config(loaded)
-            return loaded
-        monkeypatch.setattr(cli, "prepare_run", prepare_run)
+    """``main.py --resume_training`` in-process (main.py resumes from resume_checkpoint_path's choice)."""
     return main_in_process(capfd, "--config", config, "--doc", doc, "--run", str(run), "--resume_training")
 
 
