@@ -101,6 +101,10 @@ def sample_to_folder(sampler, x, *, total, folder, data_cfg, sampling_cfg, nrow,
         x = sampler(x, callback)
     finally:
         bar.close()
+    diverged = int((~torch.isfinite(x.flatten(1))).any(1).sum())
+    if diverged:
+        raise UserError(f"sampling diverged: {diverged} of {len(x)} samples hold non-finite values; nothing written "
+                        f"(a smaller sampling.step_lr may help)")
     samples = inverse_data_transform(x, data_cfg).cpu()                               # (N, C, H, W)
     images, grid_nrow = grid(samples) if grid is not None else (samples, nrow)
     save_grid(images, folder / f"{name}.png", grid_nrow)

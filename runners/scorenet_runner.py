@@ -81,12 +81,9 @@ class ScoreNetRunner(Runner):
 
         setup = setup_training(self.args, cfg, self.device, self.new_model())
         writer = LossLog(setup.writer, Path(self.args.log) / LOSS_LOG, setup.start_step)
-        try:
-            train_loop(dataclasses.replace(setup, writer=writer),
-                       Objective(loss_fn=loss_fn, test_fn=test_fn, test_name="test_loss",
-                                 extra_scalars={"sigma": t.noise_std}))
-        finally:
-            writer.close()
+        train_loop(dataclasses.replace(setup, writer=writer),                 # train_loop closes the writer
+                   Objective(loss_fn=loss_fn, test_fn=test_fn, test_name="test_loss",
+                             extra_scalars={"sigma": t.noise_std}))
 
     def test(self):
         """Test loss of the checkpoint over the whole test set (``test_loss.json``) and ``figure1.png`` in ``-o``."""

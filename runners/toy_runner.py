@@ -83,8 +83,7 @@ class ToyRunner(Runner):
                                test_stream=FreshSamples(dist, t.batch_size, seed + 1), config=cfg,
                                log_dir=log / name, writer=writer, device=self.device)
             train_loop(setup, Objective(loss_fn=loss_fn, test_fn=test_fn, test_name="test_fisher_divergence",
-                                        sigmas=sigmas if name == "ncsn" else None))
-            writer.close()
+                                        sigmas=sigmas if name == "ncsn" else None))    # closes the writer
             models[name] = model.eval()
 
         figures = log / "figures"

@@ -230,3 +230,15 @@ def test_another_runs_unreadable_loss_log_does_not_break_scorenet_test(tmp_path,
     assert rc == 0, err
     assert any("left out of the figure: cannot read loss log" in line for line in err)
     assert (tmp_path / "out" / "figure1.png").is_file() and (tmp_path / "out" / "test_loss.json").is_file()
+
+
+def test_a_diverging_chain_is_reported_not_written(trained, tmp_path, capfd):
+    run, _ = trained
+    saved = run / "logs" / "old" / "config.yml"
+    cfg = yaml.safe_load(saved.read_text())
+    cfg["sampling"].update(step_lr=1e38)                     # the steps overflow float32: inf, then nan
+    saved.write_text(yaml.safe_dump(cfg))
+    rc, err = run_cli(capfd, "--test", "--doc", "old", "--run", run, "-o", tmp_path / "out")
+    assert rc == 1 and err[-1] == ("error: sampling diverged: 4 of 4 samples hold non-finite values; nothing written "
+                                   "(a smaller sampling.step_lr may help)"), err
+    assert not any((tmp_path / "out").iterdir())

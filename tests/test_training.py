@@ -42,3 +42,52 @@ def test_forward_loss_and_update_take_one_optimizer_step():
     grad = torch.autograd.grad(((model(x).squeeze(1) - 1) ** 2).mean(), model.weight)[0]
     update(opt, loss)
     torch.testing.assert_close(model.weight.detach(), w - 0.1 * grad)
+
+
+class FullDiskWriter:
+    """A tensorboard writer whose disk is full: scalars are accepted, closing (flushing) fails."""
+
+    def __init__(self):
+        self.closed = 0
+
+    def add_scalar(self, *args, **kwargs):
+        pass
+
+    def close(self):
+        self.closed += 1
+        raise OSError(28, "No space left on device")
+
+
+def _tiny_setup(tmp_path, writer):
+    from datasets import BatchStream
+    from training.setup import TrainSetup
+    tmp_path.mkdir()
+    cfg = config_from_dict(tiny_digits_config(training={"n_iters": 2, "snapshot_freq": 2}))
+    model = torch.nn.Linear(1, 1)
+    data = torch.utils.data.TensorDataset(torch.ones(8, 1), torch.zeros(8))
+    return TrainSetup(model=model, optimizer=torch.optim.SGD(model.parameters(), lr=0.1),
+                      train_stream=BatchStream(data, 4, seed=0), test_stream=None, config=cfg, log_dir=tmp_path,
+                      writer=writer, device=torch.device("cpu"))
+
+
+def test_a_full_disk_at_the_end_is_one_error_and_never_hides_the_error_that_stopped_training(tmp_path, monkeypatch,
+                                                                                             caplog):
+    import pytest
+
+    import training.loop
+    from errors import UserError
+    from training.loop import Objective, train_loop
+    objective = Objective(loss_fn=lambda m, x: (m(x).squeeze(1) ** 2, None))
+    writer = FullDiskWriter()
+    with pytest.raises(UserError, match=r"^could not write the tensorboard log: No space left on device$"):
+        train_loop(_tiny_setup(tmp_path / "a", writer), objective)
+    assert writer.closed == 1
+
+    def disk_full(paths, **kwargs):
+        raise UserError(f"cannot write checkpoint {paths[-1]}: No space left on device")
+    monkeypatch.setattr(training.loop, "save_checkpoint", disk_full)
+    writer = FullDiskWriter()
+    with pytest.raises(UserError, match=r"^cannot write checkpoint .*checkpoint.pth: No space left on device$"):
+        train_loop(_tiny_setup(tmp_path / "b", writer), objective)
+    assert writer.closed == 1
+    assert "could not write the tensorboard log: No space left on device" in caplog.text

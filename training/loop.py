@@ -12,7 +12,7 @@ import torch
 from tqdm import tqdm
 
 from configs import dump_config
-from errors import NonFiniteLoss, TrainingInterrupted
+from errors import NonFiniteLoss, TrainingInterrupted, UserError
 from training.checkpoint import save_checkpoint
 from training.distributed import barrier, dist_max, dist_mean, is_main
 from training.precision import autocast_context, unwrap
@@ -56,6 +56,7 @@ def update(optimizer, loss, scaler=None):
 
 def train_loop(setup, objective):
     """Train ``setup.model`` on ``objective`` from ``setup.start_step`` to ``training.n_iters``; returns the last step.
+    The tensorboard writer ``setup.writer`` is closed at the end, whatever happens.
 
     Checkpoints ``checkpoint_{step}.pth`` and ``checkpoint.pth`` every ``snapshot_freq`` steps and at the end.
     Steps are numbered from 1; training stops after step ``n_iters`` (or after ``n_epochs`` epochs).
@@ -135,12 +136,28 @@ def train_loop(setup, objective):
                         f"{log_dir / 'checkpoint.pth'}; continue with --resume_training", 128 + signum)
             if last_saved != step:
                 save(step)
-    finally:
+    except BaseException:
         bar.close()
-        if writer is not None:
-            writer.flush()
+        _close_writer(writer, failing=True)     # the error that stopped training stays the one reported
+        raise
+    bar.close()
+    _close_writer(writer, failing=False)
     logging.info("finished at step %d; checkpoint: %s", step, log_dir / "checkpoint.pth")
     return step
+
+
+def _close_writer(writer, failing):
+    """Flush and close the tensorboard writer (so that no flush is left for interpreter exit).  A full or vanished
+    disk is a warning while another error is being reported, and one clear error otherwise."""
+    if writer is None:
+        return
+    try:
+        writer.close()
+    except OSError as e:
+        message = f"could not write the tensorboard log: {e.strerror or e}"
+        if not failing:
+            raise UserError(message) from e
+        logging.warning(message)
 
 
 def _non_finite_message(per_example, labels, sigmas, step, last_saved, log_dir):
