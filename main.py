@@ -6,18 +6,15 @@ Flags and defaults are the official ones, plus ``--overwrite`` and ``--device``.
 import argparse
 import logging
 import os
-import shutil
 import sys
 import traceback
-from pathlib import Path
 
 import torch
 
-from configs import dump_config, load_config, resolve_config_path
-from errors import ConfigError, TrainingInterrupted, UserError
+from errors import TrainingInterrupted, UserError
 from runners import RUNNERS, torchrun_refusal
 from runners.outputs import log_to_file, setup_logging
-from training.checkpoint import resume_checkpoint_path
+from runners.rundirs import command, prepare_run, settle_new_run
 from training.distributed import (close_distributed, env_rank, init_distributed, is_main, main_process_first,
                                   pick_device, rank)
 from training.rng import seed_everything
@@ -36,6 +33,8 @@ def parse_args(argv=None):
     p.add_argument("--comment", type=str, default="", help="a comment, written to the log")
     p.add_argument("--verbose", type=str, default="info", help="logging level: debug, info, warning, error")
     p.add_argument("--test", action="store_true", help="sample from (test) the trained run instead of training")
+    p.add_argument("--eval", action="store_true",
+                   help="export eval.n_samples samples of the trained run into -o and score them (FID, KID)")
     p.add_argument("--resume_training", action="store_true", help="continue training from <run>/logs/<doc>")
     p.add_argument("-o", "--image_folder", type=str, default="images", help="where --test writes its outputs")
     p.add_argument("--overwrite", action="store_true",
@@ -56,63 +55,8 @@ def check_flags(args):
                         f"characters, at most 255 bytes); got {doc[:40]!r}{'...' if len(doc) > 40 else ''}")
     if not 0 <= args.seed <= SEED_MAX:
         raise UserError(f"--seed must be in [0, {SEED_MAX}], got {str(args.seed)[:40]}")
-    if args.test and args.resume_training:
-        raise UserError("--test and --resume_training exclude each other")
-
-
-def prepare_run(args, create=True):
-    """Load and validate the config; create (or check) the run folders.  Returns the Config.
-
-    Everything is validated before anything is created or deleted.  ``create=False`` (the ranks > 0 under torchrun,
-    after rank 0 has prepared the run) only loads the config.  On ``--resume_training`` the run's config.yml is
-    left alone here: train_loop replaces it with each checkpoint it writes, so that it always describes checkpoint.pth.
-    """
-    def load(path):                 # the config, checked against the runner's network; errors name the file
-        config = load_config(path)
-        try:
-            RUNNERS[args.runner].check_config(config)
-        except ConfigError as e:
-            raise ConfigError(f"{path}: {e}") from e
-        return config
-
-    log, tb = Path(args.log), Path(args.tb)
-    if args.test:
-        saved = log / "config.yml"
-        if not saved.is_file():
-            raise UserError(f"no trained run at {log} (missing config.yml); train it first with --doc {args.doc}")
-        return load(saved)
-
-    if args.resume_training:
-        if not RUNNERS[args.runner].resumable:
-            raise UserError(f"{args.runner} runs cannot be resumed (they train in about a minute): start a new run "
-                            f"with another --doc, or --overwrite")
-        resume_checkpoint_path(log)     # checkpoint.pth, or the newest complete snapshot; else one clear error
-        return load(resolve_config_path(args.config) if args.config else log / "config.yml")
-
-    config = load(resolve_config_path(args.config or "anneal.yml"))
-    if not create:
-        return config
-    existing = [p for p in (log, tb) if p.exists()]
-    if existing and not args.overwrite:
-        raise UserError(f"run '{args.doc}' already exists ({existing[0]}); use --resume_training to continue "
-                        f"it, another --doc, or --overwrite to replace it")
-    args.replaced = []              # the old run is moved aside, and deleted only once the new one has a checkpoint
-    try:
-        for p in existing:
-            aside = p.with_name(f".{p.name}.replaced-{os.getpid()}")
-            os.replace(p, aside)
-            args.replaced.append((p, aside))
-    except OSError as e:
-        _put_back(args)
-        raise UserError(f"--overwrite: cannot move {e.filename or existing[0]} aside: {e.strerror or e}") from e
-    try:
-        log.mkdir(parents=True, exist_ok=True)
-        dump_config(config, log / "config.yml")
-    except OSError as e:
-        if log.is_dir() and not any(log.iterdir()):
-            log.rmdir()                             # leave no empty run folder that would block the next attempt
-        raise UserError(f"cannot write the run folder {log}: {e.strerror or e}") from e
-    return config
+    if args.test + args.eval + args.resume_training > 1:
+        raise UserError("--test, --eval and --resume_training exclude each other")
 
 
 def run(args):
@@ -121,54 +65,30 @@ def run(args):
     check_flags(args)
     args.log = os.path.join(args.run, "logs", args.doc)
     args.tb = os.path.join(args.run, "tensorboard", args.doc)
-    device = init_distributed(pick_device(args.device), torchrun_refusal(args.runner, args.test))
+    device = init_distributed(pick_device(args.device), torchrun_refusal(args.runner, command(args)))
     try:
         # rank 0 alone checks, creates or deletes the run folders; the other ranks then only load the config
         config = main_process_first(lambda main: prepare_run(args, create=main))
         if config is None:
             return 1                    # rank 0 failed and prints why
-        if args.test or args.resume_training:
+        if args.test or args.eval or args.resume_training:
             return _run_runner(args, config, device)
         try:
             result = _run_runner(args, config, device)
         except BaseException:
             if is_main():
-                _settle_new_run(args, failed=True)
+                settle_new_run(args, failed=True)
             raise
         if is_main():
-            _settle_new_run(args, failed=False)
+            settle_new_run(args, failed=False)
         return result
     finally:
         close_distributed()
 
 
-def _settle_new_run(args, failed):
-    """A new run that failed before its first checkpoint leaves nothing behind (its folders are this invocation's
-    own) and an old run it was to replace (--overwrite) comes back; otherwise the old run is deleted now."""
-    log = Path(args.log)
-    if failed and not any(log.rglob("checkpoint*.pth")):
-        setup_logging(args.level)                     # close stdout.txt before removing its folder
-        for p in (log, Path(args.tb)):
-            if p.is_dir():
-                shutil.rmtree(p)
-        _put_back(args)
-        return
-    for _, aside in getattr(args, "replaced", []):
-        if aside.is_symlink():
-            aside.unlink()                            # a link is removed, never what it points to
-        else:
-            shutil.rmtree(aside)
-
-
-def _put_back(args):
-    for original, aside in reversed(getattr(args, "replaced", [])):
-        os.replace(aside, original)
-    args.replaced = []
-
-
 def _run_runner(args, config, device):
     if is_main():
-        setup_logging(args.level, None if args.test else os.path.join(args.log, "stdout.txt"))
+        setup_logging(args.level, None if args.test or args.eval else os.path.join(args.log, "stdout.txt"))
     else:                       # the other ranks only report warnings and errors, on the terminal
         setup_logging(max(args.level, logging.WARNING))
     logging.info("writing log file to %s", args.log)
@@ -181,10 +101,7 @@ def _run_runner(args, config, device):
     seed_everything(args.seed + rank())        # each rank draws its own noise; rank 0 as a single process
     logging.info("runner %s on %s", args.runner, device)
     runner = RUNNERS[args.runner](args, config, device)
-    if args.test:
-        runner.test()
-    else:
-        runner.train()
+    getattr(runner, {"train": "train", "test": "test", "eval": "evaluate"}[command(args)])()
     return 0
 
 

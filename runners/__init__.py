@@ -21,10 +21,12 @@ RUNNERS = {
 __all__ = ["RUNNERS", "torchrun_refusal", "AnnealRunner", "BaselineRunner", "ScoreNetRunner", "ToyRunner"]
 
 
-def torchrun_refusal(name, test):
-    """Why runner ``name`` (with ``--test`` when ``test``) cannot run in several processes, or None if it can."""
-    if not test and RUNNERS[name].distributed:
+def torchrun_refusal(name, command):
+    """Why runner ``name`` cannot run ``command`` ('train', 'test' or 'eval') in several processes, or None if it can:
+    training and --eval run under torchrun for the runners that declare ``distributed``; --test never does."""
+    if command != "test" and RUNNERS[name].distributed:
         return None
     several = ", ".join(n for n, r in RUNNERS.items() if r.distributed)
-    return (f"{'--test' if test else name} runs in a single process; start it without torchrun "
-            f"(multi-process training: {several})")
+    what = name if command == "train" else f"--{command} of {name}" if command == "eval" else "--test"
+    return (f"{what} runs in a single process; start it without torchrun (several processes: training and --eval "
+            f"of {several})")

@@ -3,11 +3,13 @@ from pathlib import Path
 
 import torch
 
-from datasets import data_transform, get_dataset
+from datasets import data_transform, get_dataset, inverse_data_transform
 from errors import UserError
 from losses import anneal_dsm_per_example, anneal_dsm_score_estimation, anneal_sliced_per_example
 from models import CondRefineNetDilated
+from evaluation.export import to_uint8_nhwc
 from runners.base import Runner
+from runners.evaluate import evaluate_run
 from runners.outputs import prepare_output_folder, sample_to_folder
 from sampling import anneal_langevin_dynamics, geometric_sigmas, inpainting
 from training.loop import Objective, train_loop
@@ -54,6 +56,21 @@ class AnnealRunner(Runner):
         setup = setup_training(self.args, cfg, self.device, self.new_model())
         train_loop(setup, ncsn_objective(cfg, make_sigmas(cfg, self.device)))
 
+    def evaluate(self):
+        """--eval: eval.n_samples samples with the run's sampler settings, scored against its data set."""
+        cfg, d, smp = self.config, self.config.data, self.config.sampling
+        model, state = self.trained_model(Path(self.args.log) / "checkpoint.pth")
+        sigmas = make_sigmas(cfg, self.device, dtype=torch.float64)
+
+        def draw(size):
+            x = torch.rand(size, d.channels, d.image_size, d.image_size, device=self.device)          # U[0, 1)
+            x = anneal_langevin_dynamics(model, x, sigmas, n_steps_each=smp.n_steps_each, step_lr=smp.step_lr,
+                                         denoise=smp.denoise)
+            return to_uint8_nhwc(inverse_data_transform(x, d))
+        evaluate_run(self, draw, state, {"method": "annealed_langevin", "n_steps_each": smp.n_steps_each,
+                                         "step_lr": smp.step_lr, "denoise": smp.denoise,
+                                         "sigmas": [float(v) for v in sigmas]})
+
     def test(self):
         cfg, args, d, smp = self.config, self.args, self.config.data, self.config.sampling
         model, _ = self.trained_model(Path(args.log) / "checkpoint.pth")
@@ -75,9 +92,10 @@ class AnnealRunner(Runner):
             mask[..., : d.image_size // 2] = 1
             sampler = inpainting(anneal_langevin_dynamics, mask, reference)
 
-            def grid(samples):                              # one row per reference: the image, then its completions
+            def inpainting_grid(samples):                   # one row per reference: the image, then its completions
                 rows = torch.cat([refs.cpu().unsqueeze(1), samples.view(nrow, nrow, *shape)], dim=1)
                 return rows.flatten(0, 1), nrow + 1
+            grid = inpainting_grid
         n = nrow * nrow if smp.inpainting else smp.n_samples
         x = torch.rand(n, *shape, device=self.device)                                     # init U[0, 1)
 

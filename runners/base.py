@@ -21,6 +21,10 @@ class Runner:
     def __init__(self, args, config, device):
         self.args, self.config, self.device = args, config, device
 
+    def evaluate(self):
+        """--eval (runners with an image sampler override this)."""
+        raise UserError(f"--eval is not available for {type(self).__name__}: it has no image sampler to evaluate")
+
     @staticmethod
     def build_model(config):
         """The runner's network for ``config`` (None: the runner builds its own networks)."""

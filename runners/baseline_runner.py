@@ -9,10 +9,12 @@ from pathlib import Path
 
 import torch
 
-from datasets import data_transform
+from datasets import data_transform, inverse_data_transform
+from evaluation.export import to_uint8_nhwc
 from losses import dsm_per_example, dsm_score_estimation
 from models import RefineNetDilated
 from runners.base import Runner
+from runners.evaluate import evaluate_run
 from runners.outputs import prepare_output_folder, sample_to_folder
 from sampling import anneal_langevin_dynamics, unconditional
 from training.loop import Objective, train_loop
@@ -46,6 +48,18 @@ class BaselineRunner(Runner):
     def train(self):
         cfg = self.config
         train_loop(setup_training(self.args, cfg, self.device, self.new_model()), baseline_objective(cfg))
+
+    def evaluate(self):
+        """--eval: eval.n_samples samples of plain Langevin dynamics, scored against the run's data set."""
+        cfg, d, smp = self.config, self.config.data, self.config.sampling
+        model, state = self.trained_model(Path(self.args.log) / "checkpoint.pth")
+
+        def draw(size):
+            x = torch.rand(size, d.channels, d.image_size, d.image_size, device=self.device)          # U[0, 1)
+            x = anneal_langevin_dynamics(unconditional(model), x, [cfg.model.sigma], n_steps_each=smp.n_steps,
+                                         step_lr=smp.step_lr)
+            return to_uint8_nhwc(inverse_data_transform(x, d))
+        evaluate_run(self, draw, state, {"method": "langevin", "n_steps": smp.n_steps, "step_lr": smp.step_lr})
 
     def test(self):
         """Plain Langevin dynamics from U[0, 1): samples.png, samples.pth (N, C, H, W) and movie.gif in ``-o``."""

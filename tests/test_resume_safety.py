@@ -25,7 +25,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import main as cli
-from configs import config_from_dict, load_config
+from configs import config_from_dict
 from conftest import REPO, logged_losses, tiny_digits_config
 from datasets import BatchStream, FreshSamples
 from errors import UserError
