@@ -169,3 +169,43 @@ def _style():
     from matplotlib.figure import Figure
     with sns.axes_style("white"), sns.plotting_context("notebook", font_scale=1.3):
         yield Figure, sns
+
+
+def plot_model_comparison(rows, sigmas, path, metric_names=(), title=None):
+    """Checkpoints compared (runners/comparison.py): the mean test loss against step (the best marked), the loss at
+    each noise level against step, and one panel per metric (e.g. FID) where computed.  Rows without a step are
+    placed by their order."""
+    import matplotlib
+    from matplotlib.figure import Figure
+    has_steps = all(r["step"] is not None for r in rows)
+    x = [r["step"] if has_steps else i for i, r in enumerate(rows)]
+    xlabel = "training step" if has_steps else "checkpoint"
+    metric_names = [m for m in metric_names if any(r.get(m) is not None for r in rows)]
+    n = 2 + len(metric_names)
+    fig = Figure(figsize=(4.6 * n, 3.6), layout="constrained")
+    axes = fig.subplots(1, n, squeeze=False)[0]
+    means = [r["mean"] for r in rows]
+    axes[0].plot(x, means, "o-", color="tab:blue", ms=4, label="mean over levels")
+    finite = [(xi, m, r) for xi, m, r in zip(x, means, rows) if math.isfinite(m)]
+    if finite:
+        bx, bm, br = min(finite, key=lambda t: t[1])
+        axes[0].plot([bx], [bm], "*", color="tab:red", ms=13, label=f"best: {br['checkpoint']}")
+    axes[0].set(xlabel=xlabel, ylabel="test loss", title="mean over noise levels")
+    axes[0].legend(fontsize=8)
+    colors = [matplotlib.colormaps["viridis"](i / max(1, len(sigmas) - 1)) for i in range(len(sigmas))]
+    for i, s in enumerate(sigmas):
+        axes[1].plot(x, [r["per_level"][i] for r in rows], "o-", ms=3, lw=1, color=colors[i], label=f"sigma {s:.3g}")
+    positive = all(v > 0 for r in rows for v in r["per_level"] if math.isfinite(v))
+    axes[1].set(xlabel=xlabel, ylabel="test loss", title="per noise level", yscale="log" if positive else "linear")
+    axes[1].legend(fontsize=7, ncol=2 if len(sigmas) > 6 else 1)
+    for ax, m in zip(axes[2:], metric_names):
+        pts = [(xi, r[m]) for xi, r in zip(x, rows) if r.get(m) is not None]
+        ax.plot(*zip(*pts), "s-", color="tab:green", ms=4)
+        ax.set(xlabel=xlabel, ylabel=m, title=m)
+    for ax in axes:
+        ax.grid(alpha=0.3)
+        if not has_steps:
+            ax.set_xticks(x, [r["checkpoint"] for r in rows], rotation=30, fontsize=7)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.savefig(path, dpi=110)
