@@ -35,6 +35,8 @@ def parse_args(argv=None):
     p.add_argument("--test", action="store_true", help="sample from (test) the trained run instead of training")
     p.add_argument("--eval", action="store_true",
                    help="export eval.n_samples samples of the trained run into -o and score them (FID, KID)")
+    p.add_argument("--compare", action="store_true",
+                   help="test-set loss of every checkpoint_<step>.pth of the run on fixed noise, per noise level")
     p.add_argument("--resume_training", action="store_true", help="continue training from <run>/logs/<doc>")
     p.add_argument("-o", "--image_folder", type=str, default="images", help="where --test writes its outputs")
     p.add_argument("--overwrite", action="store_true",
@@ -55,8 +57,8 @@ def check_flags(args):
                         f"characters, at most 255 bytes); got {doc[:40]!r}{'...' if len(doc) > 40 else ''}")
     if not 0 <= args.seed <= SEED_MAX:
         raise UserError(f"--seed must be in [0, {SEED_MAX}], got {str(args.seed)[:40]}")
-    if args.test + args.eval + args.resume_training > 1:
-        raise UserError("--test, --eval and --resume_training exclude each other")
+    if args.test + args.eval + args.compare + args.resume_training > 1:
+        raise UserError("--test, --eval, --compare and --resume_training exclude each other")
 
 
 def run(args):
@@ -71,7 +73,7 @@ def run(args):
         config = main_process_first(lambda main: prepare_run(args, create=main))
         if config is None:
             return 1                    # rank 0 failed and prints why
-        if args.test or args.eval or args.resume_training:
+        if command(args) != "train" or args.resume_training:
             return _run_runner(args, config, device)
         try:
             result = _run_runner(args, config, device)
@@ -88,7 +90,7 @@ def run(args):
 
 def _run_runner(args, config, device):
     if is_main():
-        setup_logging(args.level, None if args.test or args.eval else os.path.join(args.log, "stdout.txt"))
+        setup_logging(args.level, None if command(args) != "train" else os.path.join(args.log, "stdout.txt"))
     else:                       # the other ranks only report warnings and errors, on the terminal
         setup_logging(max(args.level, logging.WARNING))
     logging.info("writing log file to %s", args.log)
@@ -101,7 +103,7 @@ def _run_runner(args, config, device):
     seed_everything(args.seed + rank())        # each rank draws its own noise; rank 0 as a single process
     logging.info("runner %s on %s", args.runner, device)
     runner = RUNNERS[args.runner](args, config, device)
-    getattr(runner, {"train": "train", "test": "test", "eval": "evaluate"}[command(args)])()
+    getattr(runner, {"train": "train", "test": "test", "eval": "evaluate", "compare": "compare"}[command(args)])()
     return 0
 
 

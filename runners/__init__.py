@@ -22,11 +22,11 @@ __all__ = ["RUNNERS", "torchrun_refusal", "AnnealRunner", "BaselineRunner", "Sco
 
 
 def torchrun_refusal(name, command):
-    """Why runner ``name`` cannot run ``command`` ('train', 'test' or 'eval') in several processes, or None if it can:
-    training and --eval run under torchrun for the runners that declare ``distributed``; --test never does."""
-    if command != "test" and RUNNERS[name].distributed:
+    """Why runner ``name`` cannot run ``command`` ('train', 'test', 'eval' or 'compare') in several processes, or None
+    if it can: training and --eval run under torchrun for the runners that declare ``distributed``."""
+    if command in ("train", "eval") and RUNNERS[name].distributed:
         return None
     several = ", ".join(n for n, r in RUNNERS.items() if r.distributed)
-    what = name if command == "train" else f"--{command} of {name}" if command == "eval" else "--test"
+    what = name if command == "train" else f"--{command} of {name}" if command == "eval" else f"--{command}"
     return (f"{what} runs in a single process; start it without torchrun (several processes: training and --eval "
             f"of {several})")

@@ -21,6 +21,11 @@ class Runner:
     def __init__(self, args, config, device):
         self.args, self.config, self.device = args, config, device
 
+    def compare(self):
+        """--compare: the test-set loss of each checkpoint of the run, on fixed noise (runners/comparison.py)."""
+        from runners.comparison import compare_checkpoints
+        compare_checkpoints(self, self.args.image_folder)
+
     def evaluate(self):
         """--eval (runners with an image sampler override this)."""
         raise UserError(f"--eval is not available for {type(self).__name__}: it has no image sampler to evaluate")

@@ -17,7 +17,8 @@ from training.checkpoint import resume_checkpoint_path
 
 
 def command(args):
-    return "test" if args.test else "eval" if args.eval else "train"
+    """What this invocation does: train (new or resumed), or test / eval / compare a trained run."""
+    return "test" if args.test else "eval" if args.eval else "compare" if getattr(args, "compare", False) else "train"
 
 
 def prepare_run(args, create=True):
@@ -36,7 +37,7 @@ def prepare_run(args, create=True):
         return config
 
     log, tb = Path(args.log), Path(args.tb)
-    if args.test or args.eval:
+    if command(args) != "train":
         saved = log / "config.yml"
         if not saved.is_file():
             raise UserError(f"no trained run at {log} (missing config.yml); train it first with --doc {args.doc}")

@@ -156,15 +156,20 @@ def test_a_failed_allocation_is_one_line_and_not_called_missing_data(tmp_path, c
     assert not (tmp_path / "run" / "logs" / "net").exists()
 
 
-def test_inpainting_more_references_than_the_test_set_is_one_line(trained, tmp_path, capfd):
+def test_inpainting_more_references_than_the_test_set_is_one_line(trained, tmp_path, capfd, monkeypatch):
+    import runners.anneal_runner
+    from torch.utils.data import Subset
+    real = runners.anneal_runner.get_dataset
+    monkeypatch.setattr(runners.anneal_runner, "get_dataset",                # a test set of 5 images
+                        lambda *a: (real(*a)[0], Subset(real(*a)[1], range(5))))
     run, _ = trained
     saved = run / "logs" / "old" / "config.yml"
     cfg = yaml.safe_load(saved.read_text())
-    cfg["sampling"].update(inpainting=True, n_samples=200 ** 2)          # 200 references; the test set has 180
+    cfg["sampling"].update(inpainting=True, n_samples=36)                # 6 references
     saved.write_text(yaml.safe_dump(cfg))
     rc, err = run_cli(capfd, "--test", "--doc", "old", "--run", run, "-o", tmp_path / "inp")
-    assert rc == 1 and err[-1] == ("error: inpainting completes sqrt(sampling.n_samples) = 200 test images, but the "
-                                   "DIGITS test set has 180; lower sampling.n_samples"), err
+    assert rc == 1 and err[-1] == ("error: inpainting completes sqrt(sampling.n_samples) = 6 test images, but the "
+                                   "DIGITS test set has 5; lower sampling.n_samples"), err
 
 
 # ------------------------------------------------------------------------------------ 5. signals outside training
