@@ -4,7 +4,8 @@ Every section is a frozen dataclass; unknown keys, wrong types and impossible va
 naming the key path (e.g. ``optim.lr``).  Every int is range-checked (INT_BOUNDS, else a 64-bit integer); YAML with a
 duplicate key is refused; messages show a bad value only as a short excerpt (``errors.excerpt``).  Keys that the
 official configs have keep their names and meanings; new keys have defaults, so the official ``anneal.yml`` /
-``baseline.yml`` / ``scorenet.yml`` load unchanged.
+``baseline.yml`` / ``scorenet.yml`` load unchanged, and so does the ``config.yml`` that the official code writes into a
+run folder (``yaml.dump`` of an ``argparse.Namespace``; see StrictLoader).
 """
 import dataclasses
 import math
@@ -341,9 +342,38 @@ _MAX_INT_CHARS = 4300              # Python's own limit for decimal integers (sy
 _MERGE_TAG = "tag:yaml.org,2002:merge"
 
 
+NAMESPACE_TAG = "tag:yaml.org,2002:python/object:argparse.Namespace"
+_PYTHON_TAG_PREFIX = "tag:yaml.org,2002:python/"
+
+
+def _short_tag(tag, limit=60):
+    """A tag as a message shows it: ``!!python/...`` for the yaml.org tags, at most ``limit`` characters."""
+    tag = "!!" + tag[len("tag:yaml.org,2002:"):] if tag.startswith("tag:yaml.org,2002:") else tag
+    if not tag.isprintable():           # a %-escaped line break or control character: shown escaped, on one line
+        tag = repr(tag)[1:-1]
+    return tag if len(tag) <= limit else f"{tag[:limit]}... ({len(tag)} characters)"
+
+
 class StrictLoader(yaml.SafeLoader):
-    """``yaml.SafeLoader`` (no Python tags: nothing runs) that also refuses duplicate keys, at any depth, and integers
-    longer than _MAX_INT_CHARS characters (in any base; a long sexagesimal ``1:2:3:...`` takes quadratic time)."""
+    """``yaml.SafeLoader`` (nothing runs) that also refuses duplicate keys, at any depth, and integers
+    longer than _MAX_INT_CHARS characters (in any base; a long sexagesimal ``1:2:3:...`` takes quadratic time).
+
+    The one Python tag it reads is ``!!python/object:argparse.Namespace`` on a mapping: the official code writes its
+    config.yml with ``yaml.dump`` of nested ``argparse.Namespace`` objects, and a Namespace is nothing but its mapping
+    of attributes, so it is read as that plain mapping (nothing is imported or called).  Every other ``!!python/...``
+    tag is refused with one line naming it (as SafeLoader does, nothing of it is imported or called)."""
+
+    def construct_namespace(self, node):
+        if not isinstance(node, yaml.MappingNode):
+            raise _YAMLValueError(f"{_short_tag(node.tag)} at line {node.start_mark.line + 1} must tag a mapping "
+                                  f"of keys to values, not a {node.id}")
+        yield from self.construct_yaml_map(node)
+
+    def construct_undefined(self, node):
+        if isinstance(node.tag, str) and node.tag.startswith(_PYTHON_TAG_PREFIX):
+            raise _YAMLValueError(f"the Python tag {_short_tag(node.tag)} at line {node.start_mark.line + 1} is "
+                                  f"refused (the only one read is !!python/object:argparse.Namespace)")
+        return super().construct_undefined(node)
 
     def construct_document(self, node):
         _refuse_duplicate_keys(self, node)
@@ -357,6 +387,8 @@ class StrictLoader(yaml.SafeLoader):
 
 
 StrictLoader.add_constructor("tag:yaml.org,2002:int", StrictLoader.construct_yaml_int)
+StrictLoader.add_constructor(NAMESPACE_TAG, StrictLoader.construct_namespace)
+StrictLoader.add_constructor(None, StrictLoader.construct_undefined)
 
 
 def _refuse_duplicate_keys(loader, root):
@@ -403,8 +435,8 @@ def _clip(text, limit=150):
 
 
 def load_config(path):
-    """Read a YAML file (safe: no Python tags; duplicate keys refused) and validate it; every failure is a ConfigError
-    naming the file."""
+    """Read a YAML file (safe: no Python tags but the official ``!!python/object:argparse.Namespace``, read as a plain
+    mapping; duplicate keys refused) and validate it; every failure is a one-line ConfigError naming the file."""
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")

@@ -103,7 +103,8 @@ def test_yaml_tags_never_run_code(tmp_path):
     path = tmp_path / "evil.yml"
     path.write_text(f"training: !!python/object/apply:pathlib.Path.touch [!!python/object/apply:pathlib.Path "
                     f"['{marker}']]\n")
-    with pytest.raises(ConfigError, match=r"^malformed YAML in .*evil\.yml: could not determine a constructor"):
+    with pytest.raises(ConfigError, match=r"^malformed YAML in .*evil\.yml: the Python tag "
+                                          r"!!python/object/apply:pathlib\.Path\.touch at line 1 is refused"):
         load_config(path)
     assert not marker.exists()
 
