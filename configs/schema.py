@@ -434,9 +434,9 @@ def _clip(text, limit=150):
     return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
 
 
-def load_config(path):
-    """Read a YAML file (safe: no Python tags but the official ``!!python/object:argparse.Namespace``, read as a plain
-    mapping; duplicate keys refused) and validate it; every failure is a one-line ConfigError naming the file."""
+def read_yaml(path):
+    """The contents of a YAML file (safe: no Python tags but the official ``!!python/object:argparse.Namespace``, read
+    as a plain mapping; duplicate keys refused); every failure is a one-line ConfigError naming the file."""
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
@@ -454,8 +454,38 @@ def load_config(path):
         raise ConfigError(f"malformed YAML in {path}: {_clip(first)}") from e
     if raw is None:
         raise ConfigError(f"config {path} is empty")
+    return raw
+
+
+def load_config(path):
+    """Read and validate a config file; every failure is a one-line ConfigError naming the file."""
+    raw = read_yaml(path)
     try:
         return config_from_dict(raw)
+    except ConfigError as e:
+        raise ConfigError(f"{path}: {e}") from e
+
+
+OVERLAY_SECTIONS = ("sampling", "eval")       # what --config may change on a trained run (--test, --eval, --compare)
+
+
+def overlay_config(config, path):
+    """``config`` with the ``sampling`` and ``eval`` sections of the file at ``path`` laid over it (key by key).  Any
+    other section is refused: the network and data of a trained run come from the run itself."""
+    raw = read_yaml(path)
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: config must be a mapping of keys to values, got {type(raw).__name__}")
+    other = [_key_name(k) for k in raw if k not in OVERLAY_SECTIONS]
+    if other:
+        raise ConfigError(f"{path}: on a trained run --config may set only {' and '.join(OVERLAY_SECTIONS)} (the "
+                          f"network and data come from the run); it sets {other[0]}")
+    merged = config_to_dict(config)
+    for section, values in raw.items():
+        if values is not None and not isinstance(values, dict):
+            raise ConfigError(f"{path}: {section} must be a mapping of keys to values, got {type(values).__name__}")
+        merged[section].update(values or {})
+    try:
+        return config_from_dict(merged)
     except ConfigError as e:
         raise ConfigError(f"{path}: {e}") from e
 

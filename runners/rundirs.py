@@ -9,7 +9,7 @@ import os
 import shutil
 from pathlib import Path
 
-from configs import dump_config, load_config, resolve_config_path
+from configs import dump_config, load_config, overlay_config, resolve_config_path
 from errors import ConfigError, UserError
 from runners import RUNNERS
 from runners.outputs import setup_logging
@@ -28,8 +28,10 @@ def prepare_run(args, create=True):
     after rank 0 has prepared the run) only loads the config.  On ``--resume_training`` the run's config.yml is
     left alone here: train_loop replaces it with each checkpoint it writes, so that it always describes checkpoint.pth.
     """
-    def load(path):                 # the config, checked against the runner's network; errors name the file
+    def load(path, overlay=None):   # the config, checked against the runner's network; errors name the file
         config = load_config(path)
+        if overlay is not None:
+            config = overlay_config(config, overlay)
         try:
             RUNNERS[args.runner].check_config(config)
         except ConfigError as e:
@@ -41,14 +43,15 @@ def prepare_run(args, create=True):
         saved = log / "config.yml"
         if not saved.is_file():
             raise UserError(f"no trained run at {log} (missing config.yml); train it first with --doc {args.doc}")
-        return load(saved)
+        return load(saved, resolve_config_path(args.config) if args.config else None)
 
     if args.resume_training:
         if not RUNNERS[args.runner].resumable:
             raise UserError(f"{args.runner} runs cannot be resumed (they train in about a minute): start a new run "
                             f"with another --doc, or --overwrite")
+        config = load(resolve_config_path(args.config) if args.config else log / "config.yml")
         resume_checkpoint_path(log)     # checkpoint.pth, or the newest complete snapshot; else one clear error
-        return load(resolve_config_path(args.config) if args.config else log / "config.yml")
+        return config
 
     config = load(resolve_config_path(args.config or "anneal.yml"))
     if not create:
