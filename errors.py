@@ -34,6 +34,14 @@ def is_allocation_error(error):
                                                  or "failed to allocate" in text)
 
 
+def describe(value, limit=40):
+    """A short, one-line description of a value for error messages: ``torch.float32 tensor of shape [2, 3]`` for a
+    tensor or array (anything with a dtype and a shape), else :func:`excerpt`."""
+    if hasattr(value, "dtype") and hasattr(value, "shape"):
+        return f"{value.dtype} tensor of shape {list(value.shape)}"
+    return " ".join(excerpt(value, limit).split())
+
+
 def excerpt(value, limit=60):
     """A repr of ``value`` cut to about ``limit`` characters, for error messages: ``repr(value)`` when that is short,
     else its first ``limit`` characters, ``...`` and the size of the value, e.g. ``'xxxx... (1000000 characters)``.

@@ -54,6 +54,20 @@ def write_config(tmp_path):
     return write
 
 
+def write_yaml(path, cfg):
+    """Write ``cfg`` as YAML to ``path``; returns the path as a string (for argv)."""
+    path.write_text(yaml.safe_dump(cfg))
+    return str(path)
+
+
+def main_in_process(capfd, *argv):
+    """``python main.py ARGV`` in this process; returns (exit code, stderr lines)."""
+    import main as cli
+    capfd.readouterr()
+    rc = cli.main([str(a) for a in argv])
+    return rc, capfd.readouterr().err.strip().splitlines()
+
+
 def run_main(args, cwd, timeout=600, env=None):
     """Run ``python main.py ARGS`` in a subprocess from ``cwd``; returns the CompletedProcess."""
     import subprocess

@@ -13,8 +13,7 @@ import pytest
 import torch
 import yaml
 
-import main as cli
-from conftest import REPO, tiny_digits_config
+from conftest import REPO, main_in_process, tiny_digits_config, write_yaml
 from training.checkpoint import load_checkpoint
 
 
@@ -25,24 +24,12 @@ def snapshot(root):
             for p in sorted(root.rglob("*")) if p.is_file() and not p.is_symlink()}
 
 
-def write(path, cfg):
-    path.write_text(yaml.safe_dump(cfg))
-    return str(path)
-
-
-def run_cli(capfd, *argv):
-    capfd.readouterr()
-    rc = cli.main([str(a) for a in argv])
-    err = capfd.readouterr().err.strip().splitlines()
-    return rc, err
-
-
 @pytest.fixture
 def trained(tmp_path, capfd):
     """A finished tiny run 'old' (and a second run 'other') under tmp_path/run; returns (run, config path)."""
-    run, cfg = tmp_path / "run", write(tmp_path / "tiny.yml", tiny_digits_config(model={"ngf": 4}))
+    run, cfg = tmp_path / "run", write_yaml(tmp_path / "tiny.yml", tiny_digits_config(model={"ngf": 4}))
     for doc in ("old", "other"):
-        rc, err = run_cli(capfd, "--config", cfg, "--doc", doc, "--run", run)
+        rc, err = main_in_process(capfd, "--config", cfg, "--doc", doc, "--run", run)
         assert rc == 0, err
     return run, cfg
 
@@ -56,7 +43,7 @@ def test_doc_must_be_one_plain_name_and_nothing_is_touched(trained, tmp_path, ca
     outside.mkdir()
     (outside / "keep.txt").write_text("mine")
     before, before_outside = snapshot(run), snapshot(outside)
-    rc, err = run_cli(capfd, "--config", cfg, "--doc", doc, "--run", run, "--overwrite")
+    rc, err = main_in_process(capfd, "--config", cfg, "--doc", doc, "--run", run, "--overwrite")
     assert rc == 1 and len(err) == 1 and err[0].startswith("error: --doc must be one plain folder name"), err
     assert len(err[0]) < 300
     assert snapshot(run) == before and snapshot(outside) == before_outside
@@ -67,10 +54,10 @@ def test_overwrite_keeps_the_old_run_until_the_new_one_fails_before_a_checkpoint
     run comes back byte for byte, and no moved-aside copy is left behind."""
     run, _ = trained
     before = snapshot(run)
-    bad = write(tmp_path / "bad.yml", tiny_digits_config(data={"dataset": "MNIST", "image_size": 28,
+    bad = write_yaml(tmp_path / "bad.yml", tiny_digits_config(data={"dataset": "MNIST", "image_size": 28,
                                                                "root": str(tmp_path / "nothing"),
                                                                "download": False}, model={"ngf": 4}))
-    rc, err = run_cli(capfd, "--config", bad, "--doc", "old", "--run", run, "--overwrite")
+    rc, err = main_in_process(capfd, "--config", bad, "--doc", "old", "--run", run, "--overwrite")
     assert rc == 1 and err[-1].startswith("error: MNIST data not available"), err
     assert snapshot(run) == before
     assert not [p for p in run.rglob(".*replaced*")]
@@ -79,7 +66,7 @@ def test_overwrite_keeps_the_old_run_until_the_new_one_fails_before_a_checkpoint
 def test_overwrite_replaces_the_old_run_once_the_new_one_has_a_checkpoint(trained, tmp_path, capfd):
     run, cfg = trained
     old_ckpt = load_checkpoint(run / "logs" / "old" / "checkpoint.pth")
-    rc, err = run_cli(capfd, "--config", cfg, "--doc", "old", "--run", run, "--overwrite", "--seed", "7")
+    rc, err = main_in_process(capfd, "--config", cfg, "--doc", "old", "--run", run, "--overwrite", "--seed", "7")
     assert rc == 0, err
     new_ckpt = load_checkpoint(run / "logs" / "old" / "checkpoint.pth")
     assert not torch.equal(old_ckpt["model"]["begin_conv.weight"], new_ckpt["model"]["begin_conv.weight"])
@@ -93,7 +80,7 @@ def test_overwrite_of_a_linked_run_removes_the_link_not_its_target(trained, tmp_
     target.mkdir()
     (target / "precious.txt").write_text("do not delete")
     (run / "logs" / "linked").symlink_to(target, target_is_directory=True)
-    rc, err = run_cli(capfd, "--config", cfg, "--doc", "linked", "--run", run, "--overwrite")
+    rc, err = main_in_process(capfd, "--config", cfg, "--doc", "linked", "--run", run, "--overwrite")
     assert rc == 0, err
     assert (target / "precious.txt").read_text() == "do not delete"
     assert (run / "logs" / "linked" / "checkpoint.pth").is_file() and not (run / "logs" / "linked").is_symlink()
@@ -115,8 +102,8 @@ def test_flags_and_environment_out_of_range(tmp_path, capfd, monkeypatch, argv, 
     import re
     for k, v in env.items():
         monkeypatch.setenv(k, v)
-    cfg = write(tmp_path / "tiny.yml", tiny_digits_config(model={"ngf": 4}))
-    rc, err = run_cli(capfd, "--config", cfg, "--doc", "d", "--run", tmp_path / "run", *argv)
+    cfg = write_yaml(tmp_path / "tiny.yml", tiny_digits_config(model={"ngf": 4}))
+    rc, err = main_in_process(capfd, "--config", cfg, "--doc", "d", "--run", tmp_path / "run", *argv)
     assert rc == 1 and len(err) == 1 and re.fullmatch(message, err[0]), err
     assert not (tmp_path / "run").exists()
 
@@ -126,8 +113,8 @@ def test_a_network_larger_than_the_free_memory_is_refused_before_allocating(tmp_
     against the memory available now (here made small) and refused, with the run folder removed again."""
     import runners.base
     monkeypatch.setattr(runners.base, "_available_bytes", lambda device: 2 ** 20)
-    cfg = write(tmp_path / "big.yml", tiny_digits_config(model={"ngf": 64}))
-    rc, err = run_cli(capfd, "--config", cfg, "--doc", "big", "--run", tmp_path / "run")
+    cfg = write_yaml(tmp_path / "big.yml", tiny_digits_config(model={"ngf": 64}))
+    rc, err = main_in_process(capfd, "--config", cfg, "--doc", "big", "--run", tmp_path / "run")
     assert rc == 1 and len(err[-1]) < 300 and err[-1].startswith("error: the AnnealRunner network of this config has ") \
         and "GiB of weights, more than the 0.0 GiB of memory available on cpu; reduce model.ngf" in err[-1], err
     assert not (tmp_path / "run" / "logs" / "big").exists()
@@ -144,13 +131,13 @@ def test_a_failed_allocation_is_one_line_and_not_called_missing_data(tmp_path, c
             raise error
         real_init(*args, **kwargs)
     real_init = runners.anneal_runner.CondRefineNetDilated.__init__
-    cfg = write(tmp_path / "t.yml", tiny_digits_config(model={"ngf": 4}))
+    cfg = write_yaml(tmp_path / "t.yml", tiny_digits_config(model={"ngf": 4}))
     monkeypatch.setattr(datasets.images, "_digits", fail)
-    rc, err = run_cli(capfd, "--config", cfg, "--doc", "data", "--run", tmp_path / "run")
+    rc, err = main_in_process(capfd, "--config", cfg, "--doc", "data", "--run", tmp_path / "run")
     assert rc == 1 and err[-1].startswith("error: not enough memory to load DIGITS at data.image_size 8"), err
     monkeypatch.undo()
     monkeypatch.setattr(runners.anneal_runner.CondRefineNetDilated, "__init__", fail)
-    rc, err = run_cli(capfd, "--config", cfg, "--doc", "net", "--run", tmp_path / "run")
+    rc, err = main_in_process(capfd, "--config", cfg, "--doc", "net", "--run", tmp_path / "run")
     assert rc == 1 and err[-1] == ("error: not enough memory on cpu for the AnnealRunner network of this config "
                                    "(model.ngf 4, data.image_size 8)"), err
     assert not (tmp_path / "run" / "logs" / "net").exists()
@@ -167,7 +154,7 @@ def test_inpainting_more_references_than_the_test_set_is_one_line(trained, tmp_p
     cfg = yaml.safe_load(saved.read_text())
     cfg["sampling"].update(inpainting=True, n_samples=36)                # 6 references
     saved.write_text(yaml.safe_dump(cfg))
-    rc, err = run_cli(capfd, "--test", "--doc", "old", "--run", run, "-o", tmp_path / "inp")
+    rc, err = main_in_process(capfd, "--test", "--doc", "old", "--run", run, "-o", tmp_path / "inp")
     assert rc == 1 and err[-1] == ("error: inpainting completes sqrt(sampling.n_samples) = 6 test images, but the "
                                    "DIGITS test set has 5; lower sampling.n_samples"), err
 
@@ -209,13 +196,13 @@ def test_test_refuses_non_finite_weights(trained, tmp_path, capfd):
     state = torch.load(path, weights_only=True)
     state["model"]["begin_conv.weight"][0, 0, 0, 0] = float("nan")
     torch.save(state, path)
-    rc, err = run_cli(capfd, "--test", "--doc", "old", "--run", run, "-o", tmp_path / "out")
+    rc, err = main_in_process(capfd, "--test", "--doc", "old", "--run", run, "-o", tmp_path / "out")
     assert rc == 1 and err[-1].startswith(f"error: checkpoint {path} holds non-finite weights (begin_conv.weight)")
     assert not any((tmp_path / "out").glob("*.png"))
 
 
 def test_toy_runs_cannot_be_resumed_and_say_so(tmp_path, capfd):
-    rc, err = run_cli(capfd, "--runner", "ToyRunner", "--config", "toy.yml", "--doc", "t", "--run", tmp_path / "run",
+    rc, err = main_in_process(capfd, "--runner", "ToyRunner", "--config", "toy.yml", "--doc", "t", "--run", tmp_path / "run",
                       "--resume_training")
     assert rc == 1 and err == ["error: ToyRunner runs cannot be resumed (they train in about a minute): start a new "
                                "run with another --doc, or --overwrite"]
@@ -223,14 +210,14 @@ def test_toy_runs_cannot_be_resumed_and_say_so(tmp_path, capfd):
 
 def test_another_runs_unreadable_loss_log_does_not_break_scorenet_test(tmp_path, capfd):
     run = tmp_path / "run"
-    cfg = write(tmp_path / "s.yml", {"training": {"n_iters": 2, "batch_size": 8, "num_workers": 0, "test_freq": 1,
+    cfg = write_yaml(tmp_path / "s.yml", {"training": {"n_iters": 2, "batch_size": 8, "num_workers": 0, "test_freq": 1,
                                                   "snapshot_freq": 2},
                                      "data": {"dataset": "DIGITS", "image_size": 8}, "model": {"nef": 8, "ndf": 8}})
     for doc in ("good", "broken"):
-        rc, err = run_cli(capfd, "--runner", "ScoreNetRunner", "--config", cfg, "--doc", doc, "--run", run)
+        rc, err = main_in_process(capfd, "--runner", "ScoreNetRunner", "--config", cfg, "--doc", doc, "--run", run)
         assert rc == 0, err
     (run / "logs" / "broken" / "losses.csv").write_bytes(b"\xff\xfe\x00 not text")
-    rc, err = run_cli(capfd, "--runner", "ScoreNetRunner", "--test", "--doc", "good", "--run", run,
+    rc, err = main_in_process(capfd, "--runner", "ScoreNetRunner", "--test", "--doc", "good", "--run", run,
                       "-o", tmp_path / "out")
     assert rc == 0, err
     assert any("left out of the figure: cannot read loss log" in line for line in err)
@@ -243,7 +230,7 @@ def test_a_diverging_chain_is_reported_not_written(trained, tmp_path, capfd):
     cfg = yaml.safe_load(saved.read_text())
     cfg["sampling"].update(step_lr=1e38)                     # the steps overflow float32: inf, then nan
     saved.write_text(yaml.safe_dump(cfg))
-    rc, err = run_cli(capfd, "--test", "--doc", "old", "--run", run, "-o", tmp_path / "out")
+    rc, err = main_in_process(capfd, "--test", "--doc", "old", "--run", run, "-o", tmp_path / "out")
     assert rc == 1 and err[-1] == ("error: sampling diverged: 4 of 4 samples hold non-finite values; nothing written "
                                    "(a smaller sampling.step_lr may help)"), err
     assert not any((tmp_path / "out").iterdir())

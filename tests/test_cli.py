@@ -9,21 +9,15 @@ import sys
 
 import pytest
 import torch
-import yaml
 
 import main as cli
-from conftest import REPO, tiny_digits_config
+from conftest import REPO, tiny_digits_config, write_yaml
 
 
 def snapshot(root):
     """{relative path: sha256} of every file under ``root``."""
     return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
             for p in sorted(root.rglob("*")) if p.is_file()}
-
-
-def write_yaml(path, cfg):
-    path.write_text(yaml.safe_dump(cfg))
-    return str(path)
 
 
 def test_subprocess_error_is_one_line_and_a_traceback_only_with_verbose_debug(tmp_path):

@@ -11,7 +11,7 @@ import yaml
 from PIL import Image
 
 import main as cli
-from conftest import logged_losses
+from conftest import logged_losses, main_in_process
 from configs import load_config
 from errors import ConfigError, UserError
 from configs.schema import Data
@@ -32,13 +32,6 @@ def data_cfg(shared, name, **kw):
 def pil_to_tensor(img):
     """RGB PIL image -> (3, H, W) float in [0, 1], written out independently of torchvision."""
     return torch.tensor(np.array(img), dtype=torch.float32).permute(2, 0, 1) / 255
-
-
-def cli_run(capfd, *argv):
-    """``python main.py ARGV`` in this process; returns (exit code, stderr lines)."""
-    capfd.readouterr()
-    rc = cli.main([str(a) for a in argv])
-    return rc, capfd.readouterr().err.strip().splitlines()
 
 
 # ------------------------------------------------------------------------------------------------ data sets
@@ -117,7 +110,7 @@ def test_shape_mismatch_is_a_clear_error_before_training(shared, tmp_path, capfd
     cfg = tmp_path / "bad.yml"
     cfg.write_text(yaml.safe_dump({"data": data_cfg(shared, "MNIST", channels=3), "model": {"ngf": 4},
                                    "training": {"num_workers": 0}}))
-    rc, err = cli_run(capfd, "--runner", "BaselineRunner", "--config", cfg, "--run", tmp_path / "run", "--doc", "bad")
+    rc, err = main_in_process(capfd, "--runner", "BaselineRunner", "--config", cfg, "--run", tmp_path / "run", "--doc", "bad")
     assert rc == 1 and err[-1].startswith("error: MNIST gives training images of shape (1, 28, 28)")
     assert not list((tmp_path / "run" / "logs" / "bad").glob("checkpoint*"))
 
@@ -127,7 +120,7 @@ def test_missing_data_offline_is_one_error_line_and_exit_1(tmp_path, capfd):
     cfg.write_text(yaml.safe_dump({"data": {"dataset": "MNIST", "root": str(tmp_path / "nothing"), "download": False},
                                    "model": {"ngf": 4}, "training": {"num_workers": 0}}))
     for runner in ("AnnealRunner", "BaselineRunner", "ScoreNetRunner"):
-        rc, err = cli_run(capfd, "--runner", runner, "--config", cfg, "--run", tmp_path / "run", "--doc", runner)
+        rc, err = main_in_process(capfd, "--runner", runner, "--config", cfg, "--run", tmp_path / "run", "--doc", runner)
         assert rc == 1
         assert not any("Traceback" in line for line in err)
         errors = [line for line in err if line.startswith("error:")]
@@ -158,8 +151,6 @@ def test_dequantisation_bounds_and_the_raw_option():
 # ---------------------------------------------------------------------------------------------------- runners
 
 
-
-
 def tiny_config(shared, runner, dataset, n_iters=3, **training):
     cfg = {"training": dict(dict(batch_size=8, n_iters=n_iters, snapshot_freq=2, test_freq=2, num_workers=0),
                             **training),
@@ -181,7 +172,7 @@ def test_runner_trains_and_tests_on_real_data(shared, tmp_path, capfd, runner, d
     cfg_path = tmp_path / "tiny.yml"
     cfg_path.write_text(yaml.safe_dump(tiny_config(shared, runner, dataset)))
     run, out = tmp_path / "run", tmp_path / "out"
-    rc, err = cli_run(capfd, "--runner", runner, "--config", cfg_path, "--run", run, "--doc", "d")
+    rc, err = main_in_process(capfd, "--runner", runner, "--config", cfg_path, "--run", run, "--doc", "d")
     assert rc == 0, err[-5:]
     log = run / "logs" / "d"
     assert sorted(p.name for p in log.glob("checkpoint*")) == ["checkpoint.pth", "checkpoint_2.pth",
@@ -199,7 +190,7 @@ def test_runner_trains_and_tests_on_real_data(shared, tmp_path, capfd, runner, d
 
     if runner == "ScoreNetRunner" and dataset == "MNIST":
         return                          # its --test evaluates all 10000 test images: too slow for the suite
-    rc, err = cli_run(capfd, "--runner", runner, "--run", run, "--doc", "d", "--test", "-o", out)
+    rc, err = main_in_process(capfd, "--runner", runner, "--run", run, "--doc", "d", "--test", "-o", out)
     assert rc == 0, err[-5:]
     c, s = config.data.channels, config.data.image_size
     if runner == "ScoreNetRunner":
@@ -242,13 +233,13 @@ def test_scorenet_loss_log_matches_the_log_and_figure1_has_a_panel_per_run(two_s
     assert load_config(run / "logs" / "raw" / "config.yml").training.noise_std == 0
 
     out = two_scorenet_runs / "out"
-    rc, err = cli_run(capfd, "--runner", "ScoreNetRunner", "--run", run, "--doc", "raw", "--test", "-o", out)
+    rc, err = main_in_process(capfd, "--runner", "ScoreNetRunner", "--run", run, "--doc", "raw", "--test", "-o", out)
     assert rc == 0, err[-5:]
     assert any("runs: raw, noisy" in line for line in err)             # ordered by noise_std: raw data first
     two = Image.open(out / "figure1.png").size
     result = json.loads((out / "test_loss.json").read_text())
     assert result["noise_std"] == 0 and result["n_examples"] == 20 and result["algo"] == "ssm"
-    rc, _ = cli_run(capfd, "--runner", "ScoreNetRunner", "--run", run, "--doc", "raw", "--test", "-o", out)
+    rc, _ = main_in_process(capfd, "--runner", "ScoreNetRunner", "--run", run, "--doc", "raw", "--test", "-o", out)
     assert rc == 1                                                      # never overwrite without --overwrite
     (run / "logs" / "noisy" / "losses.csv").rename(run / "logs" / "noisy" / "hidden.csv")
     broken = run / "logs" / "broken"                                    # another run's bad log is left out
@@ -256,7 +247,7 @@ def test_scorenet_loss_log_matches_the_log_and_figure1_has_a_panel_per_run(two_s
     (broken / "config.yml").write_text((run / "logs" / "raw" / "config.yml").read_text())
     (broken / "losses.csv").write_text("step,tag,value\n1,loss,oops\n")
     try:
-        rc, err = cli_run(capfd, "--runner", "ScoreNetRunner", "--run", run, "--doc", "raw", "--test", "-o", out,
+        rc, err = main_in_process(capfd, "--runner", "ScoreNetRunner", "--run", run, "--doc", "raw", "--test", "-o", out,
                           "--overwrite")
     finally:
         (run / "logs" / "noisy" / "hidden.csv").rename(run / "logs" / "noisy" / "losses.csv")
@@ -274,7 +265,7 @@ def test_scorenet_resume_keeps_one_loss_row_per_step(two_scorenet_runs, capfd, t
     shutil.copy(log_dir / "checkpoint_2.pth", log_dir / "checkpoint.pth")      # resume from step 2 of 4 logged
     longer = tmp_path / "longer.yml"
     longer.write_text(yaml.safe_dump(tiny_config(SHARED, "ScoreNetRunner", "FOLDER", n_iters=6, noise_std=0.01)))
-    rc, err = cli_run(capfd, "--runner", "ScoreNetRunner", "--config", longer, "--run", run, "--doc", "noisy",
+    rc, err = main_in_process(capfd, "--runner", "ScoreNetRunner", "--config", longer, "--run", run, "--doc", "noisy",
                       "--resume_training")
     assert rc == 0, err[-5:]
     log = read_loss_log(run / "logs" / "noisy" / "losses.csv")
@@ -294,6 +285,6 @@ def test_scorenet_config_errors_are_one_line(tmp_path, capfd):
             cfg[section].update(values)
         path = tmp_path / f"bad{i}.yml"
         path.write_text(yaml.safe_dump(cfg))
-        rc, err = cli_run(capfd, "--runner", "ScoreNetRunner", "--config", path, "--run", tmp_path / "run",
+        rc, err = main_in_process(capfd, "--runner", "ScoreNetRunner", "--config", path, "--run", tmp_path / "run",
                           "--doc", str(i))
         assert rc == 1 and message in err[-1] and err[-1].startswith("error:")

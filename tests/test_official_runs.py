@@ -13,10 +13,9 @@ import pytest
 import torch
 import yaml
 
-import main as cli
 from configs import config_from_dict, config_to_dict, dump_config, load_config
 from configs.schema import Config
-from conftest import logged_losses
+from conftest import logged_losses, main_in_process
 from errors import ConfigError
 from runners import AnnealRunner, BaselineRunner, ScoreNetRunner
 from training.checkpoint import load_checkpoint
@@ -99,13 +98,6 @@ def official_run_folder(tmp_path, runner, cfg, doc="mnist"):
     assert all(k.startswith("module.") for k in states[0]) == (runner is not ScoreNetRunner)
     torch.save(states, log / "checkpoint.pth")
     return run, log, {k.removeprefix("module."): v.clone() for k, v in states[0].items()}
-
-
-def main_in_process(capfd, *argv):
-    """``python main.py ARGV`` in this process; returns (exit code, stderr lines)."""
-    capfd.readouterr()
-    rc = cli.main([str(a) for a in argv])
-    return rc, capfd.readouterr().err.strip().splitlines()
 
 
 # ------------------------------------------------------------------------------------------------- the loader

@@ -15,29 +15,14 @@ from pathlib import Path
 
 import pytest
 import torch
-import yaml
 
 import main as cli
 from configs import config_from_dict, load_config
 from errors import UserError
-from conftest import REPO, logged_losses, tiny_digits_config
+from conftest import REPO, logged_losses, main_in_process, tiny_digits_config, write_yaml
 from training.checkpoint import load_checkpoint, load_model_state, save_checkpoint
 from training.loop import Objective, train_loop
 from training.setup import TrainSetup
-
-
-
-def write(path, cfg):
-    path.write_text(yaml.safe_dump(cfg))
-    return str(path)
-
-
-
-def main_in_process(capfd, *argv):
-    """``python main.py ARGV`` in this process; returns (exit code, stderr lines)."""
-    capfd.readouterr()
-    rc = cli.main(list(argv))
-    return rc, capfd.readouterr().err.strip().splitlines()
 
 
 def sha(path):
@@ -88,9 +73,9 @@ def test_resume_reproduces_the_uninterrupted_run_bitwise(tmp_path, capfd):
     """8 steps straight == 4 steps, then --resume_training to 8: the same losses (train and test), bit for bit."""
     run = str(tmp_path / "run")
     cfg = tiny_digits_config(training={"n_iters": 8, "snapshot_freq": 100, "test_freq": 3})
-    c8 = write(tmp_path / "c8.yml", cfg)
+    c8 = write_yaml(tmp_path / "c8.yml", cfg)
     cfg["training"]["n_iters"] = 4
-    c4 = write(tmp_path / "c4.yml", cfg)
+    c4 = write_yaml(tmp_path / "c4.yml", cfg)
 
     assert main_in_process(capfd, "--config", c8, "--doc", "straight", "--run", run)[0] == 0
     assert main_in_process(capfd, "--config", c4, "--doc", "resumed", "--run", run)[0] == 0
@@ -144,7 +129,7 @@ def check_stopped_and_resume(capfd, tmp_path, cfg, run, name, rc, err):
     assert (log / "stdout.txt").read_text().splitlines()[-1].endswith(m[0])    # the log says why it stopped
 
     cfg["training"]["n_iters"] = step + 2
-    rc, err = main_in_process(capfd, "--config", write(tmp_path / "short.yml", cfg), "--doc", name,
+    rc, err = main_in_process(capfd, "--config", write_yaml(tmp_path / "short.yml", cfg), "--doc", name,
                               "--run", str(run), "--resume_training")
     assert rc == 0, err
     assert load_checkpoint(log / "checkpoint.pth")["step"] == step + 2
@@ -157,7 +142,7 @@ def long_config():
 
 
 def test_sigterm_to_a_training_subprocess_saves_and_resumes(tmp_path, capfd):
-    config, run = write(tmp_path / "long.yml", long_config()), tmp_path / "run"
+    config, run = write_yaml(tmp_path / "long.yml", long_config()), tmp_path / "run"
     env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
     with open(tmp_path / "stderr", "w") as err:              # a file, not a pipe: a full pipe stalls the child
         proc = subprocess.Popen([sys.executable, str(REPO / "main.py"), "--config", config, "--doc", "SIGTERM",
@@ -176,7 +161,7 @@ def test_sigterm_to_a_training_subprocess_saves_and_resumes(tmp_path, capfd):
 def test_sigint_during_training_saves_and_resumes(tmp_path, capfd):
     """Ctrl-C (a real SIGINT to this process, sent once training is under way) while main.main trains."""
     import threading
-    config, run = write(tmp_path / "long.yml", long_config()), tmp_path / "run"
+    config, run = write_yaml(tmp_path / "long.yml", long_config()), tmp_path / "run"
     done = threading.Event()
 
     def press_ctrl_c():
@@ -198,12 +183,12 @@ def test_sigint_during_training_saves_and_resumes(tmp_path, capfd):
 def test_non_finite_loss_stops_with_step_and_noise_level_and_keeps_the_checkpoint(tmp_path, capfd):
     run, log = str(tmp_path / "run"), tmp_path / "run" / "logs" / "nan"
     cfg = tiny_digits_config(training={"n_iters": 3, "snapshot_freq": 3})
-    assert main_in_process(capfd, "--config", write(tmp_path / "ok.yml", cfg), "--doc", "nan", "--run", run)[0] == 0
+    assert main_in_process(capfd, "--config", write_yaml(tmp_path / "ok.yml", cfg), "--doc", "nan", "--run", run)[0] == 0
     good, good_config = sha(log / "checkpoint.pth"), (log / "config.yml").read_text()
     # resumed with sigma_begin 1e30: sigma^2 overflows float32, the loss at the largest noise level is not finite
     cfg["training"]["n_iters"] = 6
     cfg["model"]["sigma_begin"] = 1e30
-    rc, err = main_in_process(capfd, "--config", write(tmp_path / "bad.yml", cfg), "--doc", "nan", "--run", run,
+    rc, err = main_in_process(capfd, "--config", write_yaml(tmp_path / "bad.yml", cfg), "--doc", "nan", "--run", run,
                               "--resume_training")
     assert rc == 1
     assert re.fullmatch(r"error: non-finite training loss at step 4 at noise level\(s\) 0 \(sigma=1e\+30\).*; "
@@ -283,7 +268,7 @@ def trained_run(tmp_path_factory):
     """A tiny trained AnnealRunner run (ngf 8, 2 steps): (run folder, config dict)."""
     tmp = tmp_path_factory.mktemp("trained")
     cfg = tiny_digits_config(training={"n_iters": 2, "snapshot_freq": 2})
-    assert cli.main(["--config", write(tmp / "c.yml", cfg), "--doc", "t", "--run", str(tmp / "run")]) == 0
+    assert cli.main(["--config", write_yaml(tmp / "c.yml", cfg), "--doc", "t", "--run", str(tmp / "run")]) == 0
     return tmp / "run", cfg
 
 
@@ -308,7 +293,7 @@ def test_a_bad_checkpoint_is_one_clear_error_naming_the_file(tmp_path, capfd, tr
     else:
         ckpt.write_bytes(data)
         key, value = ("ngf", 4) if damage == "wrong architecture" else ("num_classes", 6)
-        write(log / "config.yml", tiny_digits_config(model={key: value}))
+        write_yaml(log / "config.yml", tiny_digits_config(model={key: value}))
     before = sha(ckpt)
     rc, err = main_in_process(capfd, "--doc", "t", "--run", str(run), "--test", "-o", str(tmp_path / "img"))
     assert rc == 1 and len(err) >= 1 and err[-1].startswith("error: ") and str(ckpt) in err[-1], err
@@ -336,7 +321,7 @@ def test_the_official_checkpoint_samples_and_resumes(tmp_path, capfd, shared):
                     "download": False},
            "model": {"ngf": 16, "num_classes": 10},
            "sampling": {"n_samples": 4, "n_steps_each": 1, "gif_every": 5}}
-    write(log / "config.yml", cfg)
+    write_yaml(log / "config.yml", cfg)
 
     rc, err = main_in_process(capfd, "--doc", "official", "--run", str(run), "--test", "-o", str(tmp_path / "img"))
     assert rc == 0, err

@@ -20,29 +20,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import main as cli
 from configs import config_from_dict
-from conftest import REPO, logged_losses, tiny_digits_config
+from conftest import REPO, logged_losses, main_in_process, tiny_digits_config, write_yaml
 from datasets import BatchStream, FreshSamples
 from errors import UserError
 from training.checkpoint import (find_resume_checkpoint, load_checkpoint, remove_stale_temp_files,
                                  restore_training_state, resume_checkpoint_path, save_checkpoint)
 from training.rng import rng_state, seed_everything
 from training.setup import make_optimizer, setup_training
-
-def write(path, cfg):
-    path.write_text(yaml.safe_dump(cfg))
-    return str(path)
-
-
-def main_in_process(capfd, *argv):
-    capfd.readouterr()
-    rc = cli.main(list(argv))
-    return rc, capfd.readouterr().err.strip().splitlines()
 
 
 def tiny(**overrides):
@@ -151,11 +139,11 @@ def test_turning_amsgrad_off_is_applied_and_on_is_refused(tmp_path):
 def test_another_optimizer_type_is_refused_on_resume(tmp_path, capfd):
     run = tmp_path / "run"
     cfg = tiny(training={"n_iters": 2, "snapshot_freq": 2})
-    assert main_in_process(capfd, "--config", write(tmp_path / "a.yml", cfg), "--doc", "d", "--run", str(run))[0] == 0
+    assert main_in_process(capfd, "--config", write_yaml(tmp_path / "a.yml", cfg), "--doc", "d", "--run", str(run))[0] == 0
     before = (run / "logs" / "d" / "checkpoint.pth").read_bytes()
     cfg["optim"]["optimizer"] = "SGD"
     cfg["training"]["n_iters"] = 4
-    rc, err = main_in_process(capfd, "--config", write(tmp_path / "b.yml", cfg), "--doc", "d", "--run", str(run),
+    rc, err = main_in_process(capfd, "--config", write_yaml(tmp_path / "b.yml", cfg), "--doc", "d", "--run", str(run),
                               "--resume_training")
     assert rc == 1 and "Traceback" not in "\n".join(err), err
     assert re.fullmatch(r"error: cannot resume \S+checkpoint.pth with optim.optimizer SGD: the run was trained with "
@@ -167,10 +155,10 @@ def test_a_resume_with_a_new_lr_trains_with_it_end_to_end(tmp_path, capfd):
     """Through main.main: the new lr is in the optimizer (and so in the next checkpoint), and the log says so."""
     run, log = tmp_path / "run", tmp_path / "run" / "logs" / "lr"
     cfg = tiny(training={"n_iters": 2, "snapshot_freq": 2, "batch_size": 8})
-    assert main_in_process(capfd, "--config", write(tmp_path / "a.yml", cfg), "--doc", "lr", "--run", str(run))[0] == 0
+    assert main_in_process(capfd, "--config", write_yaml(tmp_path / "a.yml", cfg), "--doc", "lr", "--run", str(run))[0] == 0
     cfg["optim"]["lr"] = 0.0002
     cfg["training"].update(n_iters=3, batch_size=4)         # a changed batch size: allowed, a warning lists it
-    rc, err = main_in_process(capfd, "--config", write(tmp_path / "b.yml", cfg), "--doc", "lr", "--run", str(run),
+    rc, err = main_in_process(capfd, "--config", write_yaml(tmp_path / "b.yml", cfg), "--doc", "lr", "--run", str(run),
                               "--resume_training")
     assert rc == 0, err
     state = load_checkpoint(log / "checkpoint.pth")
@@ -259,7 +247,7 @@ def test_a_valid_state_restores_exactly(tmp_path):
 def test_a_negative_step_in_checkpoint_pth_is_refused_by_a_resumed_run(tmp_path, capfd):
     run, log = tmp_path / "run", tmp_path / "run" / "logs" / "neg"
     cfg = tiny(training={"n_iters": 2, "snapshot_freq": 2})
-    assert main_in_process(capfd, "--config", write(tmp_path / "a.yml", cfg), "--doc", "neg", "--run", str(run))[0] == 0
+    assert main_in_process(capfd, "--config", write_yaml(tmp_path / "a.yml", cfg), "--doc", "neg", "--run", str(run))[0] == 0
     state = torch.load(log / "checkpoint.pth", weights_only=True)
     state["step"] = -5
     torch.save(state, log / "checkpoint.pth")
@@ -328,7 +316,7 @@ def dead_pid():
 def trained(tmp_path, capfd, doc, n_iters=3):
     run = tmp_path / "run"
     cfg = tiny(training={"n_iters": n_iters, "snapshot_freq": 1, "test_freq": 100})
-    assert main_in_process(capfd, "--config", write(tmp_path / f"{doc}.yml", cfg), "--doc", doc,
+    assert main_in_process(capfd, "--config", write_yaml(tmp_path / f"{doc}.yml", cfg), "--doc", doc,
                            "--run", str(run))[0] == 0
     return run, run / "logs" / doc, cfg
 
@@ -413,7 +401,7 @@ def test_a_read_only_run_folder_through_main(tmp_path, capfd, monkeypatch):
     import builtins
     run, log, cfg = trained(tmp_path, capfd, "ro2", n_iters=1)
     cfg["training"]["n_iters"] = 2
-    config = write(tmp_path / "b.yml", cfg)
+    config = write_yaml(tmp_path / "b.yml", cfg)
     real_open = builtins.open
 
     def read_only(path, mode="r", *a, **k):
@@ -442,7 +430,7 @@ def test_sigkill_at_random_moments_during_saves_stays_resumable(tmp_path, capfd,
     run, doc = tmp_path / "run", "kill"
     log = run / "logs" / doc
     cfg = tiny(training={"n_iters": 100000, "snapshot_freq": 1, "test_freq": 100000, "log_freq": 1})
-    config = write(tmp_path / "c.yml", cfg)
+    config = write_yaml(tmp_path / "c.yml", cfg)
     env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
     with open(tmp_path / "stderr", "w") as err:
         proc = subprocess.Popen([sys.executable, str(REPO / "main.py"), "--config", config, "--doc", doc,
@@ -479,7 +467,7 @@ def test_sigkill_at_random_moments_during_saves_stays_resumable(tmp_path, capfd,
     assert state["step"] == newest, (path, newest)      # the newest complete snapshot, whatever file holds it
 
     cfg["training"]["n_iters"] = newest + 2
-    rc, err = _resume_in_process(capfd, monkeypatch, write(tmp_path / "more.yml", cfg), doc, run)
+    rc, err = _resume_in_process(capfd, monkeypatch, write_yaml(tmp_path / "more.yml", cfg), doc, run)
     assert rc == 0, err
     assert load_checkpoint(log / "checkpoint.pth")["step"] == newest + 2
     assert not list(log.glob(".checkpoint*.tmp*"))                      # the killed process's temp file is gone

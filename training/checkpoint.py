@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from configs import config_to_dict
-from errors import UserError
+from errors import UserError, describe
 from training.precision import unwrap
 from training.rng import check_rng_state, rng_state, set_rng_state
 
@@ -278,7 +278,7 @@ def restore_training_state(state, *, model, optimizer, path, streams=None, scale
         scaler.load_state_dict(state["scaler"])
     if other_changes:
         logging.warning("settings changed since %s take effect from this resume: %s", path,
-                        ", ".join(f"{k} {_excerpt(a)} -> {_excerpt(b)}" for k, (a, b) in other_changes.items()))
+                        ", ".join(f"{k} {describe(a)} -> {describe(b)}" for k, (a, b) in other_changes.items()))
     if state.get("step") is None:
         logging.warning("%s is an official-format checkpoint without a step; counting steps from 0", path)
         return 0
@@ -292,10 +292,10 @@ def check_training_state(state, *, model, optimizer, path, streams=None, scaler=
         raise UserError(f"cannot resume from {path}: field '{field}' {problem}")
 
     if "version" in state and not _is_int(state["version"]):
-        bad("version", f"must be an int, not {_excerpt(state['version'])}")
+        bad("version", f"must be an int, not {describe(state['version'])}")
     step = state.get("step")
     if step is not None and not (_is_int(step) and step >= 0):
-        bad("step", f"must be an int >= 0 (or absent), not {_excerpt(step)}")
+        bad("step", f"must be an int >= 0 (or absent), not {describe(step)}")
     cfg = state.get("config")
     if cfg is not None and not (isinstance(cfg, dict) and all(isinstance(v, dict) or v is None for v in cfg.values())):
         bad("config", "must be a dict of config sections")
@@ -368,12 +368,12 @@ def _check_optimizer_state(saved, optimizer):
             else:
                 ok = isinstance(v, bool)
             if not ok:
-                return f"{field}.{key}", f"has an invalid value {_excerpt(v)}"
+                return f"{field}.{key}", f"has an invalid value {describe(v)}"
     per_param = saved["state"]
     if not isinstance(per_param, dict):
         return "optimizer.state", f"must be a dict, not a {type(per_param).__name__}"
     for pid, s in per_param.items():
-        field = f"optimizer.state[{_excerpt(pid)}]"
+        field = f"optimizer.state[{describe(pid)}]"
         if pid not in params:
             return field, "belongs to no parameter of the saved parameter groups"
         if not isinstance(s, dict):
@@ -383,10 +383,10 @@ def _check_optimizer_state(saved, optimizer):
             if k == "step":
                 if isinstance(v, torch.Tensor):
                     if v.numel() != 1 or v.dtype == torch.bool or v.is_complex():
-                        return f"{field}.step", f"must be a number or a one-element tensor ({_describe(v)})"
+                        return f"{field}.step", f"must be a number or a one-element tensor ({describe(v)})"
                     v = v.item()
                 if not (_is_number(v) and math.isfinite(v) and v >= 0):
-                    return f"{field}.step", f"must be a finite number >= 0, not {_excerpt(v)}"
+                    return f"{field}.step", f"must be a finite number >= 0, not {describe(v)}"
             elif isinstance(v, torch.Tensor):
                 if tuple(v.shape) != tuple(p.shape):
                     return f"{field}.{k}", f"has shape {list(v.shape)}, its parameter {list(p.shape)}"
@@ -422,14 +422,14 @@ def _check_stream_state(name, saved, stream):
             if key not in saved:
                 return f"{field}.{key}", "is missing"
             if not (_is_int(saved[key]) and saved[key] >= 0):
-                return f"{field}.{key}", f"must be an int >= 0, not {_excerpt(saved[key])}"
+                return f"{field}.{key}", f"must be an int >= 0, not {describe(saved[key])}"
         seed = saved.get("seed", getattr(stream, "seed", 0))
         if seed is not None and not (_is_int(seed) and -2 ** 63 <= seed and seed + saved["epoch"] < 2 ** 63):
-            return f"{field}.seed", f"must be an int within the generator's range, not {_excerpt(seed)}"
+            return f"{field}.seed", f"must be an int within the generator's range, not {describe(seed)}"
     elif hasattr(stream, "generator"):                       # FreshSamples: a generator state
         g = saved.get("generator")
         if not (isinstance(g, torch.Tensor) and g.dtype == torch.uint8 and g.dim() == 1):
-            return f"{field}.generator", f"must be a 1-D uint8 generator state tensor ({_describe(g)})"
+            return f"{field}.generator", f"must be a 1-D uint8 generator state tensor ({describe(g)})"
         try:
             torch.Generator().set_state(g)
         except RuntimeError as e:
@@ -473,7 +473,7 @@ def _check_scaler_state(saved):
         if key not in saved:
             return f"scaler.{key}", "is missing"
         if not ok(saved[key]):
-            return f"scaler.{key}", f"has an invalid value {_excerpt(saved[key])}"
+            return f"scaler.{key}", f"has an invalid value {describe(saved[key])}"
     return None
 
 
@@ -531,10 +531,10 @@ def _apply_hyperparameters(optimizer, fresh, optim_changes, path):
         built = fresh[0].get(_APPLIED[key])
         if (built[0] if key == "beta1" and built is not None else built) == new:
             logging.info("optim.%s changed since %s: %s -> %s, applied to the restored %s optimizer", key, path,
-                         _excerpt(old), _excerpt(new), name)
+                         describe(old), describe(new), name)
         else:
             logging.warning("optim.%s changed since %s (%s -> %s) but has no effect on %s", key, path,
-                            _excerpt(old), _excerpt(new), name)
+                            describe(old), describe(new), name)
 
 
 def _get(d, *keys):
@@ -551,16 +551,3 @@ def _is_int(x):
 
 def _is_number(x):
     return isinstance(x, (int, float)) and not isinstance(x, bool)
-
-
-def _describe(x):
-    if isinstance(x, torch.Tensor):
-        return f"{x.dtype} tensor of shape {list(x.shape)}"
-    return type(x).__name__
-
-
-def _excerpt(x):
-    if isinstance(x, torch.Tensor):
-        return _describe(x)
-    text = " ".join(repr(x).split())
-    return text if len(text) <= 40 else text[:37] + "..."

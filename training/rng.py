@@ -4,6 +4,8 @@ import random
 import numpy as np
 import torch
 
+from errors import describe
+
 _NUMPY_SEEDS = 2 ** 32                  # np.random.seed takes 0 <= seed < 2**32
 _TORCH_SEEDS = (-2 ** 63, 2 ** 64)      # torch.manual_seed takes [-2**63, 2**64)
 
@@ -67,15 +69,15 @@ def check_rng_state(state):
             return f"rng.numpy.{key}", "is missing"
     keys = n["keys"]
     if not (isinstance(keys, torch.Tensor) and keys.dtype == torch.int64 and tuple(keys.shape) == (624,)):
-        return "rng.numpy.keys", f"is not an int64 tensor of shape (624,) ({_describe(keys)})"
+        return "rng.numpy.keys", f"is not an int64 tensor of shape (624,) ({describe(keys)})"
     if bool(((keys < 0) | (keys >= 2 ** 32)).any()):
         return "rng.numpy.keys", "holds values outside 0..2**32-1"
     if not (_is_int(n["pos"]) and 0 <= n["pos"] <= 624):
-        return "rng.numpy.pos", f"must be an int in 0..624, not {_excerpt(n['pos'])}"
+        return "rng.numpy.pos", f"must be an int in 0..624, not {describe(n['pos'])}"
     if not (_is_int(n["has_gauss"]) and n["has_gauss"] in (0, 1)):
-        return "rng.numpy.has_gauss", f"must be 0 or 1, not {_excerpt(n['has_gauss'])}"
+        return "rng.numpy.has_gauss", f"must be 0 or 1, not {describe(n['has_gauss'])}"
     if not (isinstance(n["cached_gaussian"], (int, float)) and not isinstance(n["cached_gaussian"], bool)):
-        return "rng.numpy.cached_gaussian", f"must be a float, not {_excerpt(n['cached_gaussian'])}"
+        return "rng.numpy.cached_gaussian", f"must be a float, not {describe(n['cached_gaussian'])}"
     try:
         np.random.RandomState().set_state(("MT19937", keys.numpy().astype(np.uint32), n["pos"], n["has_gauss"],
                                            float(n["cached_gaussian"])))
@@ -107,7 +109,7 @@ def set_rng_state(state):
 
 def _check_byte_state(t, size):
     if not isinstance(t, torch.Tensor) or t.dtype != torch.uint8 or t.dim() != 1:
-        return f"is not a 1-D uint8 tensor ({_describe(t)})"
+        return f"is not a 1-D uint8 tensor ({describe(t)})"
     if size is not None and t.numel() != size:
         return f"has {t.numel()} bytes, not {size}"
     return None
@@ -116,18 +118,6 @@ def _check_byte_state(t, size):
 def _is_int(x):
     return isinstance(x, int) and not isinstance(x, bool)
 
-
-def _describe(x):
-    if isinstance(x, torch.Tensor):
-        return f"{x.dtype} tensor of shape {tuple(x.shape)}"
-    return type(x).__name__
-
-
-def _excerpt(x):
-    if isinstance(x, torch.Tensor):
-        return _describe(x)
-    text = " ".join(repr(x).split())
-    return text if len(text) <= 40 else text[:37] + "..."
 
 
 def _as_tuple(x):
