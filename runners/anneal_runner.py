@@ -53,7 +53,7 @@ class AnnealRunner(Runner):
 
     def train(self):
         cfg = self.config
-        setup = setup_training(self.args, cfg, self.device, self.new_model())
+        setup = setup_training(self.args, cfg, self.device, self.new_model(training=True))
         train_loop(setup, ncsn_objective(cfg, make_sigmas(cfg, self.device)))
 
     def evaluate(self):

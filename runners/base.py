@@ -49,13 +49,14 @@ class Runner:
                 message = CONFIG_KEYS[name] + message[len(name):]
             raise ConfigError(f"{message} (the {cls.__name__} network)") from e
 
-    def new_model(self, model=None):
+    def new_model(self, model=None, training=False):
         """A fresh network (``build_model``'s, or ``model`` built by the caller) on the runner's device; a network too
-        large for the device's memory is one clear error, not an allocator traceback or an exhausted machine."""
+        large for the device's memory is one clear error, not an allocator traceback or an exhausted machine.
+        ``training``: count the gradients and Adam's two moments too (4 copies of the weights)."""
         name = type(self).__name__
         try:
             if model is None:
-                _check_fits(self.config, self.build_model, self.device, name)
+                _check_fits(self.config, self.build_model, self.device, name, copies=4 if training else 1)
                 model = self.build_model(self.config)
             return model.to(self.device)
         except (RuntimeError, MemoryError) as e:
@@ -76,14 +77,16 @@ class Runner:
         return model, state
 
 
-def _check_fits(config, build, device, name):
-    """Refuse a network whose weights alone would not fit in the memory available now (on CPU: MemAvailable)."""
+def _check_fits(config, build, device, name, copies):
+    """Refuse a network whose ``copies`` copies of the weights would not fit in the memory available now (on CPU:
+    MemAvailable); the network is measured on the meta device."""
     with torch.device("meta"):
-        n_bytes = sum(p.numel() * p.element_size() for p in build(config).parameters())
+        n_bytes = copies * sum(p.numel() * p.element_size() for p in build(config).parameters())
     available = _available_bytes(device)
     if available is not None and n_bytes > available:
-        raise UserError(f"the {name} network of this config has {n_bytes / 2**30:.1f} GiB of weights, more than "
-                        f"the {available / 2**30:.1f} GiB of memory available on {device}; reduce model.ngf or "
+        what = "weights, gradients and Adam's two moments" if copies == 4 else "weights"
+        raise UserError(f"the {name} network of this config needs {n_bytes / 2**30:.1f} GiB for its {what}, more "
+                        f"than the {available / 2**30:.1f} GiB of memory available on {device}; reduce model.ngf or "
                         f"data.image_size")
 
 

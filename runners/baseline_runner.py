@@ -47,7 +47,8 @@ class BaselineRunner(Runner):
 
     def train(self):
         cfg = self.config
-        train_loop(setup_training(self.args, cfg, self.device, self.new_model()), baseline_objective(cfg))
+        setup = setup_training(self.args, cfg, self.device, self.new_model(training=True))
+        train_loop(setup, baseline_objective(cfg))
 
     def evaluate(self):
         """--eval: eval.n_samples samples of plain Langevin dynamics, scored against the run's data set."""

@@ -14,7 +14,7 @@ from datasets import get_dataset
 from errors import UserError
 from evaluation.export import MANIFEST, assemble, batch_sizes, export_batches, start_export
 from runners.outputs import prepare_output_folder, save_grid
-from training.distributed import barrier, is_main, rank, world_size
+from training.distributed import barrier, is_main, main_process_first, rank, world_size
 
 
 def eval_folder(folder, overwrite):
@@ -49,9 +49,17 @@ def evaluate_run(runner, draw, state, sampling):
     folder = Path(args.image_folder)
     settings = {"n_samples": e.n_samples, "batch_size": e.batch_size, "seed": args.seed, "step": state.get("step"),
                 "run": str(Path(args.log)), "sampling": sampling}
-    if is_main():
+
+    def prepare(main):              # rank 0: weights and folder checked before any sample is drawn
+        if not main:
+            return True
+        extractor = inception_features(weights=e.inception_weights, allow_download=e.allow_download,
+                                       device=str(runner.device))
         start_export(eval_folder(folder, args.overwrite), settings)
-    barrier()
+        return extractor
+    extractor = main_process_first(prepare)
+    if extractor is None:
+        return None                 # rank 0 failed, and says why
     n_batches = len(batch_sizes(e.n_samples, e.batch_size))
     mine = [k for k in range(n_batches) if k % world_size() == rank()]
     start = time.perf_counter()
@@ -67,8 +75,6 @@ def evaluate_run(runner, draw, state, sampling):
     save_grid(grid, folder / "samples.png", nrow=max(1, round(len(grid) ** 0.5)))
     if e.save_png:
         _write_pngs(samples, folder / "png")
-    extractor = inception_features(weights=e.inception_weights, allow_download=e.allow_download,
-                                   device=str(runner.device))
     reference, source = reference_set(cfg, args.run)
     data_root = Path(cfg.data.root).expanduser() if cfg.data.root else Path(args.run) / "datasets"
     cache = stats_cache_path(data_root, cfg.data.dataset, e.reference_split, extractor)

@@ -49,6 +49,8 @@ def prepare_run(args, create=True):
         if not RUNNERS[args.runner].resumable:
             raise UserError(f"{args.runner} runs cannot be resumed (they train in about a minute): start a new run "
                             f"with another --doc, or --overwrite")
+        if not log.is_dir():
+            raise UserError(f"cannot resume: no checkpoint in {log}")
         config = load(resolve_config_path(args.config) if args.config else log / "config.yml")
         resume_checkpoint_path(log)     # checkpoint.pth, or the newest complete snapshot; else one clear error
         return config

@@ -79,7 +79,7 @@ class ScoreNetRunner(Runner):
         def test_fn(model, X):          # with gradients on: SSM needs d s(x) / dx (official: also for the test loss)
             return scorenet_loss(model, X, cfg)[0].mean().item()
 
-        setup = setup_training(self.args, cfg, self.device, self.new_model())
+        setup = setup_training(self.args, cfg, self.device, self.new_model(training=True))
         writer = LossLog(setup.writer, Path(self.args.log) / LOSS_LOG, setup.start_step)
         train_loop(dataclasses.replace(setup, writer=writer),                 # train_loop closes the writer
                    Objective(loss_fn=loss_fn, test_fn=test_fn, test_name="test_loss",

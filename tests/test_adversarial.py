@@ -115,8 +115,9 @@ def test_a_network_larger_than_the_free_memory_is_refused_before_allocating(tmp_
     monkeypatch.setattr(runners.base, "_available_bytes", lambda device: 2 ** 20)
     cfg = write_yaml(tmp_path / "big.yml", tiny_digits_config(model={"ngf": 64}))
     rc, err = main_in_process(capfd, "--config", cfg, "--doc", "big", "--run", tmp_path / "run")
-    assert rc == 1 and len(err[-1]) < 300 and err[-1].startswith("error: the AnnealRunner network of this config has ") \
-        and "GiB of weights, more than the 0.0 GiB of memory available on cpu; reduce model.ngf" in err[-1], err
+    assert rc == 1 and len(err[-1]) < 300 and err[-1].startswith("error: the AnnealRunner network of this config needs ") \
+        and "for its weights, gradients and Adam's two moments, more than the 0.0 GiB of memory available on cpu; " \
+            "reduce model.ngf" in err[-1], err
     assert not (tmp_path / "run" / "logs" / "big").exists()
 
 

@@ -124,8 +124,9 @@ def test_two_processes_under_torchrun_export_the_same_set_as_one(tiny_run, tmp_p
 @pytest.mark.parametrize("change, argv, message", [
     ({"eval": {"n_samples": 1}}, [], "error: eval.n_samples must be at least 2 to compute FID and KID, got 1"),
     ({"eval": {"n_samples": 0}}, [], r"error: .*config.yml: eval.n_samples must be > 0, got 0"),
-    ({"eval": {"inception_weights": "missing.pt"}}, [], "error: .*missing.pt.*not found"),
-    ({}, ["--runner", "ToyRunner"], "error: --eval is not available for ToyRunner: it has no image sampler"),
+    ({"eval": {"inception_weights": "missing.pt"}}, [], "error: Inception weights file missing.pt not found; .*"),
+    ({}, ["--runner", "ToyRunner"], "error: --eval is not available for ToyRunner: it has no image sampler to "
+                                    "evaluate"),
 ])
 def test_eval_bad_input_is_one_line_and_writes_no_samples(tiny_run, tmp_path, capfd, change, argv, message):
     import re
