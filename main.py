@@ -53,9 +53,9 @@ def check_flags(args):
     """Range and form checks of the flags, before anything else happens."""
     doc = args.doc
     if doc in ("", ".", "..") or "/" in doc or (os.altsep and os.altsep in doc) or \
-            any(ord(c) < 32 or ord(c) == 127 for c in doc) or len(doc.encode("utf-8", "surrogateescape")) > 255:
-        raise UserError(f"--doc must be one plain folder name (not empty, '.' or '..'; no '/', no control "
-                        f"characters, at most 255 bytes); got {doc[:40]!r}{'...' if len(doc) > 40 else ''}")
+            not doc.isprintable() or len(doc.encode("utf-8", "surrogateescape")) > 255:
+        raise UserError(f"--doc must be one plain folder name (not empty, '.' or '..'; no '/', no control or "
+                        f"unprintable characters, at most 255 bytes); got {doc[:40]!r}{'...' if len(doc) > 40 else ''}")
     if not 0 <= args.seed <= SEED_MAX:
         raise UserError(f"--seed must be in [0, {SEED_MAX}], got {str(args.seed)[:40]}")
     if args.test + args.eval + args.compare + args.resume_training > 1:

@@ -12,6 +12,8 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from conftest import REPO, main_in_process, tiny_digits_config, write_yaml
 from training.checkpoint import load_checkpoint
@@ -36,7 +38,8 @@ def trained(tmp_path, capfd):
 
 # ------------------------------------------------------------------------------------ 1. --doc and --overwrite
 
-@pytest.mark.parametrize("doc", ["", ".", "..", "a/b", "../outside", "/abs", "x\ny", "tab\there", "x" * 300])
+@pytest.mark.parametrize("doc", ["", ".", "..", "a/b", "../outside", "/abs", "x\ny", "tab\there", "line\u2028sep",
+                                 "nbsp\xa0", "x" * 300])
 def test_doc_must_be_one_plain_name_and_nothing_is_touched(trained, tmp_path, capfd, doc):
     run, cfg = trained
     outside = tmp_path / "outside"
@@ -235,3 +238,34 @@ def test_a_diverging_chain_is_reported_not_written(trained, tmp_path, capfd):
     assert rc == 1 and err[-1] == ("error: sampling diverged: 4 of 4 samples hold non-finite values; nothing written "
                                    "(a smaller sampling.step_lr may help)"), err
     assert not any((tmp_path / "out").iterdir())
+
+
+# ------------------------------------------------------------------------------------ property: any flag value
+
+FLAG_VALUES = {
+    "--doc": st.text(max_size=300),
+    "--seed": st.integers(min_value=-2 ** 70, max_value=2 ** 70).map(str),
+    "--device": st.one_of(st.sampled_from(["cpu", "cuda", "cuda:0", "cuda:99", "meta", "mps", "xpu", "cpu:1", "",
+                                           "vulkan", "cuda:-1", "cuda:x"]), st.text(max_size=20)),
+    "--runner": st.one_of(st.sampled_from(["AnnealRunner", "ToyRunner", "ScoreNetRunner"]), st.text(max_size=30)),
+}
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(flag=st.sampled_from(sorted(FLAG_VALUES)), data=st.data(), mode=st.sampled_from(["--test", "--eval",
+                                                                                         "--resume_training"]))
+def test_any_flag_value_gives_one_error_line_and_creates_nothing(tmp_path, capfd, flag, data, mode):
+    """A run that does not exist, with one flag set to an arbitrary value: whatever the value, exactly one
+    `error:` line (a flag error, or 'no trained run' / 'cannot resume'), exit 1, and no file created."""
+    value = data.draw(FLAG_VALUES[flag])
+    if "\x00" in value or (value.startswith("-") and flag != "--seed"):
+        return                                  # not passable as one argv element / taken by argparse as a flag
+    run = tmp_path / "prop"
+    argv = ["--doc", "missing", "--run", str(run), mode, "-o", str(tmp_path / "out"), flag, value]
+    try:
+        rc, err = main_in_process(capfd, *argv)
+    except SystemExit as e:                     # argparse: a value it cannot parse (e.g. --seed 1.5): exit 2, usage
+        assert e.code == 2
+        return
+    assert rc == 1 and len(err) == 1 and err[0].startswith("error: ") and len(err[0]) < 400, (argv, err)
+    assert not run.exists() and not (tmp_path / "out").exists()
