@@ -242,6 +242,15 @@ def test_official_run_folder_inpaints_and_compares_with_an_overlay(tmp_path, cap
     assert (log / "config.yml").read_text() == official
 
 
+def resumes_two_steps(capfd, runner, doc, run, log, weights):
+    """--resume_training of an official folder trains 2 steps from 0, going on from the official Adam state."""
+    rc, err = main_in_process(capfd, "--runner", runner, "--resume_training", "--doc", doc, "--run", run)
+    assert rc == 0, err
+    state = load_checkpoint(log / "checkpoint.pth")
+    assert state["step"] == 2 and int(state["optimizer"]["state"][0]["step"]) == 3
+    assert set(state["model"]) == set(weights)
+
+
 def test_official_baseline_run_folder_samples_and_resumes(tmp_path, capfd):
     """The same for BaselineRunner; its file also carries a section of ours (sampling) inside the Namespace tags."""
     cfg = _with(tiny_official(OFFICIAL_CONFIGS["baseline"]), training={"n_iters": 2})
@@ -252,12 +261,7 @@ def test_official_baseline_run_folder_samples_and_resumes(tmp_path, capfd):
     assert rc == 0, err
     samples = torch.load(tmp_path / "samples" / "samples.pth", weights_only=True)
     assert samples.shape == (4, 1, 8, 8) and torch.isfinite(samples).all()
-    rc, err = main_in_process(capfd, "--runner", "BaselineRunner", "--resume_training", "--doc", "baseline",
-                              "--run", run)
-    assert rc == 0, err
-    state = load_checkpoint(log / "checkpoint.pth")
-    assert state["step"] == 2 and int(state["optimizer"]["state"][0]["step"]) == 3
-    assert set(state["model"]) == set(weights)
+    resumes_two_steps(capfd, "BaselineRunner", "baseline", run, log, weights)
 
 
 @pytest.mark.filterwarnings("ignore:This DataLoader will create:UserWarning")     # the official 4 workers
@@ -271,12 +275,7 @@ def test_official_scorenet_run_folder_evaluates_and_resumes(tmp_path, capfd):
                               "-o", tmp_path / "out")
     assert rc == 0, err
     assert (tmp_path / "out" / "test_loss.json").is_file()
-    rc, err = main_in_process(capfd, "--runner", "ScoreNetRunner", "--resume_training", "--doc", "scorenet",
-                              "--run", run)
-    assert rc == 0, err
-    state = load_checkpoint(log / "checkpoint.pth")
-    assert state["step"] == 2 and int(state["optimizer"]["state"][0]["step"]) == 3
-    assert set(state["model"]) == set(weights)
+    resumes_two_steps(capfd, "ScoreNetRunner", "scorenet", run, log, weights)
 
 
 @pytest.mark.parametrize("mode", ["--test", "--resume_training"])
