@@ -191,11 +191,19 @@ class Sampling:
     denoise: bool = False              # one extra denoising step at the end (not in the official code)
     gif_every: int = 10                # keep every n-th step as a GIF frame (official: 10)
     save_all_frames: bool = False      # also write every step as PNG + tensor (the official behaviour)
-    inpainting: bool = False           # AnnealRunner --test: complete the right half of test images
+    inpainting: bool = False           # AnnealRunner --test: complete test images where inpainting_mask hides them
+    inpainting_mask: str = "left_half"  # official: the left half observed; or top_half, centre_box, random_pixels
+    inpainting_fraction: float = 0.5   # the hidden share for centre_box and random_pixels (sampling/masks.py)
 
     def __post_init__(self):
         for name in ("n_samples", "n_steps_each", "n_steps", "step_lr", "gif_every"):
             _positive(getattr(self, name), f"sampling.{name}")
+        # the kinds of sampling/masks.py (MASK_KINDS; tests/test_inpainting.py checks that they agree)
+        _choice(self.inpainting_mask, ("left_half", "top_half", "centre_box", "random_pixels"),
+                "sampling.inpainting_mask")
+        if not 0 < self.inpainting_fraction < 1:
+            raise ConfigError(f"sampling.inpainting_fraction must be in (0, 1), got "
+                              f"{excerpt(self.inpainting_fraction)}")
         _check_int_ranges(self, "sampling")
 
 

@@ -1,4 +1,7 @@
 """AnnealRunner: the NCSN (Song & Ermon 2019, Sec. 4): annealed DSM/SSM training, annealed Langevin sampling."""
+import json
+import logging
+import math
 from pathlib import Path
 
 import torch
@@ -12,6 +15,7 @@ from runners.base import Runner
 from runners.evaluate import evaluate_run
 from runners.outputs import prepare_output_folder, sample_to_folder
 from sampling import anneal_langevin_dynamics, geometric_sigmas, inpainting
+from sampling.masks import inpainting_mask
 from training.loop import Objective, train_loop
 from training.setup import setup_training
 
@@ -81,20 +85,23 @@ class AnnealRunner(Runner):
 
         sampler, grid = anneal_langevin_dynamics, None
         if smp.inpainting:
-            # each of `nrow` test images is completed `nrow` times; the left half of the columns is observed
+            # each of `nrow` test images is completed `nrow` times where sampling.inpainting_mask hides it (official:
+            # the left half of the columns observed); the mask is built without the global random state
             _, test = get_dataset(d, args.run)
             if nrow > len(test):
                 raise UserError(f"inpainting completes sqrt(sampling.n_samples) = {nrow} test images, but the "
                                 f"{d.dataset} test set has {len(test)}; lower sampling.n_samples")
             refs = torch.stack([test[i][0] for i in range(nrow)]).to(self.device)          # (k, C, H, W)
             reference = refs.repeat_interleave(nrow, dim=0)                               # (k*k, C, H, W)
-            mask = torch.zeros_like(reference)
-            mask[..., : d.image_size // 2] = 1
+            mask = inpainting_mask(smp.inpainting_mask, shape, smp.inpainting_fraction, seed=args.seed)
+            mask = mask.to(reference).expand_as(reference)
             sampler = inpainting(anneal_langevin_dynamics, mask, reference)
+            mask_cpu, refs_cpu = mask[0].cpu(), refs.cpu()
+            masked = refs_cpu * mask_cpu + 0.5 * (1 - mask_cpu)                           # hidden: mid grey
 
-            def inpainting_grid(samples):                   # one row per reference: the image, then its completions
-                rows = torch.cat([refs.cpu().unsqueeze(1), samples.view(nrow, nrow, *shape)], dim=1)
-                return rows.flatten(0, 1), nrow + 1
+            def inpainting_grid(samples):   # one row per reference: the image, the masked input, its completions
+                rows = torch.cat([refs_cpu.unsqueeze(1), masked.unsqueeze(1), samples.view(nrow, nrow, *shape)], 1)
+                return rows.flatten(0, 1), nrow + 2
             grid = inpainting_grid
         n = nrow * nrow if smp.inpainting else smp.n_samples
         x = torch.rand(n, *shape, device=self.device)                                     # init U[0, 1)
@@ -103,6 +110,38 @@ class AnnealRunner(Runner):
             return sampler(model, x0, sigmas, n_steps_each=smp.n_steps_each, step_lr=smp.step_lr,
                            denoise=smp.denoise, callback=callback)
 
-        sample_to_folder(run, x, total=len(sigmas) * smp.n_steps_each, folder=folder, data_cfg=d,
-                         sampling_cfg=smp, nrow=nrow, desc="annealed Langevin",
-                         name="inpainting" if smp.inpainting else "samples", grid=grid)
+        samples = sample_to_folder(run, x, total=len(sigmas) * smp.n_steps_each, folder=folder, data_cfg=d,
+                                   sampling_cfg=smp, nrow=nrow, desc="annealed Langevin",
+                                   name="inpainting" if smp.inpainting else "samples", grid=grid)
+        if smp.inpainting:
+            errors = {"mask": smp.inpainting_mask, "fraction": smp.inpainting_fraction, "seed": args.seed,
+                      **inpainting_errors(samples.view(nrow, nrow, *shape), refs_cpu, mask_cpu)}
+            (folder / "inpainting.json").write_text(json.dumps(errors, indent=2) + "\n")
+            logging.info("inpainting (%s mask): MSE %.5f, PSNR %s dB on the hidden pixels; wrote %s",
+                         smp.inpainting_mask, errors["mse"] if errors["mse"] is not None else float("nan"),
+                         errors["psnr"], folder / "inpainting.json")
+
+
+def _psnr(mse):
+    """PSNR in dB of images in [0, 1]: 10 log10(1 / MSE); None (JSON null) where the MSE is 0 or undefined."""
+    return None if mse is None or mse <= 0 else 10 * math.log10(1 / mse)
+
+
+def inpainting_errors(completions, refs, mask):
+    """MSE and PSNR of ``completions`` (k, m, C, H, W) of ``refs`` (k, C, H, W) on the pixels that ``mask`` (C, H, W,
+    1 = observed) hides; images in [0, 1].  Per reference (over its m completions, and for each completion) and
+    overall (over every hidden value of every completion; PSNR from that MSE).  MSEs are None when nothing is hidden.
+    """
+    hidden = (1 - mask).to(torch.float64)
+    n_hidden = float(hidden.sum())
+    sq = (completions.to(torch.float64) - refs.to(torch.float64).unsqueeze(1)) ** 2 * hidden     # (k, m, C, H, W)
+    per_completion = sq.flatten(2).sum(2) / n_hidden if n_hidden else None                     # (k, m)
+    rows = []
+    for i in range(completions.shape[0]):
+        mse = float(per_completion[i].mean()) if n_hidden else None
+        each = [float(v) for v in per_completion[i]] if n_hidden else []
+        rows.append({"reference": i, "mse": mse, "psnr": _psnr(mse), "mse_per_completion": each,
+                     "psnr_per_completion": [_psnr(v) for v in each]})
+    mse = float(per_completion.mean()) if n_hidden else None
+    return {"hidden_values": int(n_hidden), "observed_values": int(mask.numel() - n_hidden),
+            "mse": mse, "psnr": _psnr(mse), "per_reference": rows}
