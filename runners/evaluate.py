@@ -1,6 +1,7 @@
 """``--eval``: export ``eval.n_samples`` samples of a trained run into ``-o``/samples.npz (resumable, seeded per
 batch, split over torchrun processes), score them against the run's data set (FID, KID; IS when the Inception
-weights have logits) and write ``metrics.json`` and a grid of the first samples."""
+weights have logits) and write ``metrics.json``, a grid of the first samples, and their nearest training images
+(``neighbours.json``, ``neighbours.png``: the memorisation check)."""
 import json
 import logging
 import time
@@ -86,7 +87,80 @@ def evaluate_run(runner, draw, state, sampling):
     logging.info("FID %.3f, KID %.5f +- %.5f (%d samples against %d %s images); wrote %s", scores["fid"],
                  scores["kid"], scores["kid_std"], scores["n_samples"], scores["n_reference"], source,
                  folder / "metrics.json")
+    _write_neighbours(samples, reference, extractor, cache, source, folder)
     return metrics
+
+
+N_NEIGHBOUR_QUERIES = 10        # the first samples shown with their nearest training images
+N_NEIGHBOURS = 5
+
+
+def _reference_pixels(reference, like):
+    """All reference images as one uint8 array laid out like the samples ``like`` (N, H, W, C)."""
+    from evaluation.reference import _item_to_uint8
+    images = np.stack([_item_to_uint8(reference[i]) for i in range(len(reference))])
+    if images.ndim == 3:
+        images = images[..., None]
+    h, w, c = like.shape[1:]
+    if images.shape[1:] == (c, h, w) and images.shape[1:] != (h, w, c):
+        images = images.transpose(0, 2, 3, 1)
+    if images.shape[1:] != (h, w, c):
+        raise UserError(f"reference images have shape {images.shape[1:]}, samples {(h, w, c)}")
+    return np.ascontiguousarray(images)
+
+
+def _feature_rows(ref, n_reference):
+    """Which reference images the cached feature rows are: all of them, or the seed-0 subset that
+    ``evaluation.reference.reference_statistics`` keeps (``max_features`` rows, sorted)."""
+    n_rows, keep = len(ref["features"]), ref["meta"]["max_features"]
+    if n_rows == n_reference:
+        return np.arange(n_reference)
+    rows = np.sort(np.random.default_rng(0).choice(n_reference, keep, replace=False))
+    if len(rows) != n_rows:
+        raise RuntimeError(f"cached features have {n_rows} rows, expected {len(rows)}")
+    return rows
+
+
+def _write_neighbours(samples, reference, extractor, cache, source, folder):
+    """neighbours.json and neighbours.png: for the first ``N_NEIGHBOUR_QUERIES`` samples, their ``N_NEIGHBOURS``
+    L2-nearest reference images (1) in pixel space ([0, 1] pixels, flattened), searched over the whole reference
+    set, and (2) in the extractor's feature space, searched over the reference images whose features the statistics
+    cache holds (all of them, or its fixed subset of ``max_features``: features already computed for KID, so the
+    search costs no extra pass of the network over the data).  Indices are into the reference set.  For scale, each
+    space also gets the median distance between a reference image and its nearest other reference image (over a
+    fixed subset of 200 of them); samples much closer to their neighbours than that suggest memorisation."""
+    from evaluation.neighbours import median_nearest_distance, nearest_neighbours
+    from evaluation.reference import reference_statistics
+    from runners.figures import plot_neighbours
+    start = time.perf_counter()
+    queries = samples[:min(N_NEIGHBOUR_QUERIES, len(samples))]
+    pixels = _reference_pixels(reference, samples)
+    k = min(N_NEIGHBOURS, len(pixels))
+    pix_i, pix_d = nearest_neighbours(queries, pixels, k=k)
+    ref = reference_statistics(reference, extractor, cache, source=source)                  # cached by now
+    rows = _feature_rows(ref, len(pixels))
+    feats = ref["features"]
+    kf = min(N_NEIGHBOURS, len(feats))
+    f_local, feat_d = nearest_neighbours(np.asarray(extractor(queries), dtype=np.float64), feats, k=kf)
+    feat_i = rows[f_local]
+    report = {
+        "reference": source, "n_reference": len(pixels), "k": k, "n_queries": len(queries),
+        "queries": "the first samples of samples.npz",
+        "pixel": {"space": "pixels in [0, 1], flattened (H * W * C values)", "searched": len(pixels),
+                  "indices": pix_i.tolist(), "distances": pix_d.tolist(),
+                  "reference_median_nn_distance": median_nearest_distance(pixels)},
+        "feature": {"space": f"{extractor.name} features ({extractor.dim}-d)", "searched": len(feats),
+                    "indices": feat_i.tolist(), "distances": feat_d.tolist(),
+                    "reference_median_nn_distance": median_nearest_distance(feats)},
+    }
+    (folder / "neighbours.json").write_text(json.dumps(report, indent=2) + "\n")
+    plot_neighbours(queries, pixels[pix_i], pix_d, pixels[feat_i], feat_d, folder / "neighbours.png",
+                    title=f"nearest {source} images")
+    logging.info("nearest training images of %d samples: median distance %.4g in pixels (training images to each "
+                 "other: %.4g), %.4g in features (%.4g); wrote %s in %.1f s", len(queries),
+                 float(np.median(pix_d[:, 0])), report["pixel"]["reference_median_nn_distance"],
+                 float(np.median(feat_d[:, 0])), report["feature"]["reference_median_nn_distance"],
+                 folder / "neighbours.json", time.perf_counter() - start)
 
 
 def _write_pngs(samples, folder):

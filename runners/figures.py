@@ -209,3 +209,32 @@ def plot_model_comparison(rows, sigmas, path, metric_names=(), title=None):
     if title:
         fig.suptitle(title, fontsize=10)
     fig.savefig(path, dpi=110)
+
+
+def plot_neighbours(samples, pixel_images, pixel_distances, feature_images, feature_distances, path, title=None):
+    """The memorisation check (runners/evaluate.py): one row per sample, the sample then its nearest training images
+    in pixel space (left block) and in feature space (right block), each titled with its L2 distance.
+    ``samples``: uint8 (Q, H, W, C); ``*_images``: uint8 (Q, k, H, W, C); ``*_distances``: (Q, k)."""
+    from matplotlib.figure import Figure
+    q, k = pixel_images.shape[:2]
+    kf = feature_images.shape[1]
+    cols = 1 + k + 1 + 1 + kf                          # sample, pixel nns, gap, sample, feature nns
+    fig = Figure(figsize=(0.9 * cols, 0.95 * q + 0.6), layout="constrained")
+    axes = fig.subplots(q, cols, squeeze=False)
+
+    def show(ax, image, label, color="black"):
+        ax.imshow(image[..., 0] if image.shape[-1] == 1 else image, cmap="gray", vmin=0, vmax=255,
+                  interpolation="nearest")
+        ax.set_title(label, fontsize=6, color=color, pad=2)
+
+    for i in range(q):
+        show(axes[i, 0], samples[i], "sample", "tab:red")
+        for j in range(k):
+            show(axes[i, 1 + j], pixel_images[i, j], f"px {pixel_distances[i, j]:.3g}")
+        show(axes[i, k + 2], samples[i], "sample", "tab:red")
+        for j in range(kf):
+            show(axes[i, k + 3 + j], feature_images[i, j], f"ft {feature_distances[i, j]:.3g}")
+    for ax in axes.flat:
+        ax.set_axis_off()
+    fig.suptitle((title + ": " if title else "") + "pixel space (left), feature space (right)", fontsize=8)
+    fig.savefig(path, dpi=110)
