@@ -26,6 +26,14 @@ _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
 log = logging.getLogger(__name__)
 
 
+def feature_rows(n, max_features):
+    """Which of n reference images keep their features in the cache: all of them, or a fixed (seed 0) sorted subset
+    of ``max_features``.  The one definition of that subset (the nearest-neighbour search maps rows back with it)."""
+    if n <= max_features:
+        return np.arange(n)
+    return np.sort(np.random.default_rng(0).choice(n, max_features, replace=False))
+
+
 def stats_cache_path(data_root, dataset, split, extractor):
     """Where the statistics of ``dataset``/``split`` under ``extractor`` live: ``<data_root>/fid_stats/
     <dataset>-<split>-<extractor.name>.npz``."""
@@ -137,7 +145,7 @@ def reference_statistics(images_or_dataset, extractor, cache_path, source="", ma
     mu, sigma = feature_statistics(feats)
     keep = feats
     if len(feats) > max_features:
-        keep = feats[np.sort(np.random.default_rng(0).choice(len(feats), max_features, replace=False))]
+        keep = feats[feature_rows(len(feats), max_features)]
     keep = keep.astype(np.float32)
     _write_atomic(cache_path, mu=mu, sigma=sigma, features=keep, meta=np.array(json.dumps(meta)))
     return {"mu": mu, "sigma": sigma, "features": keep.astype(np.float64), "meta": meta, "cached": False}

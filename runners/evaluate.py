@@ -14,6 +14,7 @@ from torch.utils.data import Subset
 from datasets import get_dataset
 from errors import UserError
 from evaluation.export import MANIFEST, assemble, batch_sizes, export_batches, start_export
+from evaluation.reference import feature_rows
 from runners.outputs import prepare_output_folder, save_grid
 from training.distributed import barrier, is_main, main_process_first, rank, world_size
 
@@ -110,14 +111,10 @@ def _reference_pixels(reference, like):
 
 
 def _feature_rows(ref, n_reference):
-    """Which reference images the cached feature rows are: all of them, or the seed-0 subset that
-    ``evaluation.reference.reference_statistics`` keeps (``max_features`` rows, sorted)."""
-    n_rows, keep = len(ref["features"]), ref["meta"]["max_features"]
-    if n_rows == n_reference:
-        return np.arange(n_reference)
-    rows = np.sort(np.random.default_rng(0).choice(n_reference, keep, replace=False))
-    if len(rows) != n_rows:
-        raise RuntimeError(f"cached features have {n_rows} rows, expected {len(rows)}")
+    """Which reference images the cached feature rows are (``evaluation.reference.feature_rows``)."""
+    rows = feature_rows(n_reference, ref["meta"]["max_features"])
+    if len(rows) != len(ref["features"]):
+        raise RuntimeError(f"cached features have {len(ref['features'])} rows, expected {len(rows)}")
     return rows
 
 
