@@ -8,6 +8,7 @@ official configs have keep their names and meanings; new keys have defaults, so 
 run folder (``yaml.dump`` of an ``argparse.Namespace``; see StrictLoader).
 """
 import dataclasses
+import difflib
 import math
 import os
 import typing
@@ -43,6 +44,9 @@ INT_BOUNDS = {                    # "section.key": (lowest, highest, why the hig
     "training.batch_size": (1, MAX_BATCH_SIZE, "MAX_BATCH_SIZE"),
     "training.n_particles": (1, MAX_PARTICLES, "MAX_PARTICLES"),
     "training.num_workers": (0, MAX_NUM_WORKERS, "MAX_NUM_WORKERS"),
+    "training.preview_freq": (0, INT64_MAX, "a 64-bit integer"),
+    "training.preview_samples": (1, MAX_N_SAMPLES, "MAX_N_SAMPLES"),
+    "training.preview_steps_each": (1, 100000, "100000 steps per level"),
     "data.image_size": (1, MAX_IMAGE_SIZE, "MAX_IMAGE_SIZE"),
     "model.num_classes": (1, MAX_NOISE_LEVELS, "MAX_NOISE_LEVELS"),
     "model.ngf": (1, MAX_WIDTH, "MAX_WIDTH"),
@@ -110,6 +114,9 @@ class Training:
     num_workers: int = 4               # DataLoader workers (official: 4, hard-coded)
     amp: str = "none"                  # 'none', 'bf16' or 'fp16' autocast for the network (CUDA and CPU)
     keep_snapshots: bool = True        # keep checkpoint_{step}.pth next to checkpoint.pth (official: yes)
+    preview_freq: int = 0              # every n steps a small sample grid to previews/ and tensorboard (0: off)
+    preview_samples: int = 16          # images in a preview grid
+    preview_steps_each: int = 5        # Langevin steps per noise level for a preview (a rough, fast chain)
 
     def __post_init__(self):
         for name in ("batch_size", "n_epochs", "n_iters", "ngpu", "snapshot_freq", "n_particles", "test_freq",
@@ -315,8 +322,11 @@ def _build(cls, raw, path):
     unknown = sorted(_key_name(k) for k in raw if k not in names)
     if unknown:
         where = f"{path}." if path else ""
-        raise ConfigError(f"unknown config key {where}{unknown[0]} (allowed in {path or 'the top level'}: "
-                          f"{', '.join(sorted(names))})")
+        allowed = ", ".join(sorted(names))
+        if len(allowed) > 150:          # a long section: the keys closest to the unknown one, then the rest's count
+            close = difflib.get_close_matches(str(unknown[0]), sorted(names), n=3, cutoff=0)
+            allowed = f"{', '.join(close)}, ... ({len(names)} keys in all)"
+        raise ConfigError(f"unknown config key {where}{unknown[0]} (allowed in {path or 'the top level'}: {allowed})")
     kwargs = {}
     for name, value in raw.items():
         key_path = f"{path}.{name}" if path else name

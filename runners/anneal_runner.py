@@ -1,4 +1,5 @@
 """AnnealRunner: the NCSN (Song & Ermon 2019, Sec. 4): annealed DSM/SSM training, annealed Langevin sampling."""
+import dataclasses
 import json
 import logging
 import math
@@ -13,7 +14,7 @@ from models import CondRefineNetDilated
 from evaluation.export import to_uint8_nhwc
 from runners.base import Runner
 from runners.evaluate import evaluate_run
-from runners.outputs import prepare_output_folder, sample_to_folder
+from runners.outputs import prepare_output_folder, sample_to_folder, write_preview
 from sampling import anneal_langevin_dynamics, geometric_sigmas, inpainting
 from sampling.masks import inpainting_mask
 from training.loop import Objective, train_loop
@@ -58,7 +59,17 @@ class AnnealRunner(Runner):
     def train(self):
         cfg = self.config
         setup = setup_training(self.args, cfg, self.device, self.new_model(training=True))
-        train_loop(setup, ncsn_objective(cfg, make_sigmas(cfg, self.device)))
+        objective = ncsn_objective(cfg, make_sigmas(cfg, self.device))
+        train_loop(setup, dataclasses.replace(objective, preview=self.preview))
+
+    def preview(self, model, step, writer):
+        """A few samples of a short annealed chain (``training.preview_*``): previews/step_<step>.png, tensorboard."""
+        cfg, d, t = self.config, self.config.data, self.config.training
+        x = torch.rand(t.preview_samples, d.channels, d.image_size, d.image_size, device=self.device)
+        x = anneal_langevin_dynamics(model, x, make_sigmas(cfg, self.device, dtype=torch.float64),
+                                     n_steps_each=t.preview_steps_each, step_lr=cfg.sampling.step_lr)
+        write_preview(inverse_data_transform(x, d), Path(self.args.log) / "previews" / f"step_{step}.png", writer,
+                      step)
 
     def evaluate(self):
         """--eval: eval.n_samples samples with the run's sampler settings, scored against its data set."""

@@ -114,6 +114,17 @@ def sample_to_folder(sampler, x, *, total, folder, data_cfg, sampling_cfg, nrow,
     return samples
 
 
+def write_preview(images, path, writer, step):
+    """A preview grid of (N, C, H, W) images in [0, 1] during training: a PNG at ``path`` and, with a tensorboard
+    ``writer``, the image ``samples`` at ``step``.  Non-finite images (an early, unstable network) are shown clamped."""
+    images = torch.nan_to_num(images.detach().float(), nan=0.0).clamp(0, 1).cpu()
+    nrow = max(1, round(len(images) ** 0.5))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_grid(images, path, nrow)
+    if writer is not None:
+        writer.add_image("samples", to_grid(images, nrow), global_step=step)
+
+
 def prepare_output_folder(folder, overwrite):
     """Create the sample folder; refuse to write into a non-empty one unless ``overwrite``."""
     folder = Path(folder)

@@ -272,7 +272,7 @@ def test_type_errors_show_a_short_excerpt(value, shown):
 
 def test_long_keys_and_choices_are_cut(tmp_path):
     with pytest.raises(ConfigError, match=r"^unknown config key training\.'k{39}\.\.\. \(5000 characters\) "
-                                          r"\(allowed in training: algo, "):
+                                          r"\(allowed in training: .*\(\d+ keys in all\)\)$"):
         config_from_dict({"training": {"k" * 5000: 1}})
     with pytest.raises(ConfigError, match=r"^unknown config key 'n\\ng\\nf\\n"):
         config_from_dict({"n\ng\nf\n" * 1000: {}})

@@ -26,13 +26,16 @@ class Objective:
     loss_fn(model, x) -> (per_example_loss (N,), labels (N,) or None): the per-example form of a losses/ objective;
     the training loss is its mean.  test_fn(model, x) -> number, evaluated every ``training.test_freq`` steps on a
     test batch and logged as ``test_name``.  ``sigmas`` (L,) names the noise levels in non-finite reports and goes
-    into checkpoints.  ``extra_scalars`` are logged to tensorboard at every step.
+    into checkpoints.  ``extra_scalars`` are logged to tensorboard at every step.  ``preview(model, step, writer)``
+    (optional) shows progress every ``training.preview_freq`` steps in the main process; it runs on its own random
+    numbers, so a run with previews trains exactly as one without.
     """
     loss_fn: Callable
     test_fn: Optional[Callable] = None
     test_name: str = "test_dsm_loss"
     sigmas: Optional[torch.Tensor] = None
     extra_scalars: dict = field(default_factory=dict)
+    preview: Optional[Callable] = None
 
 
 def forward_loss(model, loss_fn, X, amp="none"):
@@ -124,6 +127,9 @@ def train_loop(setup, objective):
                         writer.add_scalar(objective.test_name, test_value, global_step=step)
                     logging.info("step: %d, %s: %r", step, objective.test_name, test_value)
 
+                if objective.preview is not None and tcfg.preview_freq and step % tcfg.preview_freq == 0 \
+                        and is_main():
+                    _preview(objective.preview, model, step, writer)
                 if step % tcfg.snapshot_freq == 0:
                     save(step)
                     last_saved = step
@@ -144,6 +150,19 @@ def train_loop(setup, objective):
     _close_writer(writer, failing=False)
     logging.info("finished at step %d; checkpoint: %s", step, log_dir / "checkpoint.pth")
     return step
+
+
+def _preview(preview, model, step, writer):
+    """Run ``preview`` in eval mode on a fork of the random generators (the training's draws stay untouched)."""
+    devices = [torch.cuda.current_device()] if torch.cuda.is_available() and torch.cuda.is_initialized() else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(step)
+        model.eval()
+        try:
+            with torch.no_grad():
+                preview(unwrap(model), step, writer)
+        finally:
+            model.train()
 
 
 def _close_writer(writer, failing):
