@@ -21,5 +21,7 @@ def image_scores(samples, reference, extractor, cache_path, source, kid_subset_s
            "kid_std": float(kid_std), "n_samples": int(len(samples)), "n_reference": int(ref["meta"]["n"]),
            "extractor": extractor.name, "reference_cached": bool(ref["cached"])}
     if getattr(extractor, "has_logits", False):
-        out["is"], out["is_std"] = (float(v) for v in inception_score(extractor.logits(samples)))
+        splits = min(10, len(samples))        # the standard 10 splits; fewer for a tiny sample set
+        out["is"], out["is_std"] = (float(v) for v in inception_score(extractor.logits(samples), splits=splits))
+        out["is_splits"] = splits
     return out

@@ -7,6 +7,7 @@ The folders are built here the way the official code builds them (``dict2namespa
 ``torch.save([DataParallel state_dict, optimizer.state_dict()])``) from our own tiny networks on the 8x8 digits.
 """
 import argparse
+import json
 import copy
 
 import pytest
@@ -219,7 +220,7 @@ def test_official_run_folder_samples_and_resumes(tmp_path, capfd):
     assert load_config(log / "config.yml") == config_from_dict(cfg)
 
 
-def test_official_run_folder_inpaints_and_compares_with_an_overlay(tmp_path, capfd):
+def test_official_run_folder_inpaints_evaluates_and_compares_with_an_overlay(tmp_path, capfd):
     """The official config.yml is never edited: --config with --test/--eval/--compare lays only its sampling and eval
     sections over the run's; any other section is refused."""
     cfg = _with(tiny_official(), model={"num_classes": 2})
@@ -231,6 +232,16 @@ def test_official_run_folder_inpaints_and_compares_with_an_overlay(tmp_path, cap
                               "-o", tmp_path / "inp")
     assert rc == 0, err
     assert torch.load(tmp_path / "inp" / "inpainting.pth", weights_only=True).shape == (4, 1, 8, 8)
+    from test_eval_cli import StandInInception
+    torch.jit.save(torch.jit.script(StandInInception()), str(tmp_path / "standin.pt"))
+    evaluate = tmp_path / "eval.yml"
+    evaluate.write_text(f"eval: {{n_samples: 4, batch_size: 2, max_reference: 20, "
+                        f"inception_weights: '{tmp_path / 'standin.pt'}'}}\nsampling: {{n_steps_each: 2}}\n")
+    rc, err = main_in_process(capfd, "--eval", "--doc", "mnist", "--run", run, "--config", evaluate,
+                              "-o", tmp_path / "ev")
+    assert rc == 0, err[-3:]
+    metrics = json.loads((tmp_path / "ev" / "metrics.json").read_text())
+    assert metrics["n_samples"] == 4 and metrics["checkpoint_step"] is None and metrics["fid"] > 0
     rc, err = main_in_process(capfd, "--compare", "--doc", "mnist", "--run", run, "-o", tmp_path / "cmp")
     assert rc == 0, err
     assert (tmp_path / "cmp" / "comparison.json").is_file()          # the official checkpoint.pth alone
