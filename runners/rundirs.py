@@ -13,7 +13,7 @@ from configs import dump_config, load_config, overlay_config, resolve_config_pat
 from errors import ConfigError, UserError
 from runners import RUNNERS
 from runners.outputs import setup_logging
-from training.checkpoint import resume_checkpoint_path
+from training.resume import resume_checkpoint_path
 
 
 def command(args):

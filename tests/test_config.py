@@ -14,8 +14,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from configs import Config, config_from_dict, config_to_dict, dump_config, load_config
-from configs import schema
-from configs.schema import CONFIG_DIR, INT64_MAX, INT64_MIN
+from configs import checks
+from configs.checks import INT64_MAX, INT64_MIN
+from configs.files import CONFIG_DIR
 from errors import ConfigError, excerpt
 from conftest import tiny_digits_config
 
@@ -162,7 +163,7 @@ def int_fields():
     for section, tp in ((f.name, f.type) for f in dataclasses.fields(Config)):
         for name, hint in typing.get_type_hints(tp).items():
             if hint in (int, typing.Optional[int]):
-                low, high, _ = schema.INT_BOUNDS.get(f"{section}.{name}", schema._DEFAULT_INT_BOUNDS)
+                low, high, _ = checks.INT_BOUNDS.get(f"{section}.{name}", checks.DEFAULT_INT_BOUNDS)
                 out.append((f"{section}.{name}", low, high))
     return out
 
@@ -176,10 +177,10 @@ def one_value(key_path, value):
 
 
 def test_every_int_bound_fits_a_64_bit_integer():
-    assert len(INT_FIELDS) > 20 and all(f in {p for p, _, _ in INT_FIELDS} for f in schema.INT_BOUNDS)
+    assert len(INT_FIELDS) > 20 and all(f in {p for p, _, _ in INT_FIELDS} for f in checks.INT_BOUNDS)
     for path, low, high in INT_FIELDS:
         assert INT64_MIN <= low <= high <= INT64_MAX, path
-    assert schema.INT_BOUNDS["toy.seed"][:2] == (0, 2 ** 32 - 1)            # numpy's seed range
+    assert checks.INT_BOUNDS["toy.seed"][:2] == (0, 2 ** 32 - 1)            # numpy's seed range
 
 
 @pytest.mark.parametrize("path, low, high", INT_FIELDS, ids=[p for p, _, _ in INT_FIELDS])

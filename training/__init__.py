@@ -1,7 +1,9 @@
 """Training: the one loop and everything a long run needs.
 
-``setup.py`` (TrainSetup, optimizer, streams, resume), ``loop.py`` (Objective, the step and the loop with its
-non-finite diagnostics), ``checkpoint.py`` (atomic, safe checkpoint IO in the official-compatible format), ``rng.py``
+``setup.py`` (TrainSetup, optimizer, streams), ``loop.py`` (Objective, the step and the loop with its non-finite
+diagnostics, previews), ``checkpoint.py`` (atomic, safe checkpoint IO in the official-compatible format), ``resume.py``
+(which checkpoint to continue from, restoring and changed settings), ``checkpoint_checks.py`` (validation of every
+field before a resume), ``rng.py``
 (seeding and random states), ``distributed.py`` (torchrun / DDP), ``precision.py`` (autocast; the wrapper-aware
 ``unwrap``), ``signals.py`` (clean stops).  What may not live here: networks (models/), objectives (losses/), data
 (datasets/), samplers (sampling/), or anything about a particular experiment (runners/).

@@ -10,7 +10,7 @@ import torch
 import torch.optim as optim
 
 from errors import ConfigError, UserError
-from training.checkpoint import find_resume_checkpoint, remove_stale_temp_files, restore_training_state
+from training.resume import find_resume_checkpoint, remove_stale_temp_files, restore_training_state
 from training.distributed import is_main, rank, world_size
 from training.rng import seed_everything
 
