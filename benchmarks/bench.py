@@ -1,16 +1,22 @@
-"""Speed benchmark: training steps and annealed-Langevin steps, variants measured side by side in one run.
+"""Speed benchmark: every compute path against the faithful eager float32 path, side by side in one run.
 
-The model, objective and step are built by the same functions the runners use (runners/anneal_runner.py,
-training/loop.py), so a speed option is wired once.
+    python benchmarks/bench.py                                  # digits, MNIST, CIFAR-10 configs; JSON to bench.json
+    python benchmarks/bench.py --settings digits --compile      # also torch.compile (minutes to compile, cached)
+    python benchmarks/bench.py --device cuda --json cuda.json   # on a GPU (adds CUDA graphs with --compile)
 
-    python benchmarks/bench.py --device cpu            # or cuda
-    python benchmarks/bench.py --device cuda --json out.json
+For each config it measures a training step (annealed DSM + Adam) and an annealed Langevin step: milliseconds
+(median, min and max over the repetitions), images per second, achieved GFLOP/s (FLOPs counted by
+torch.utils.flop_counter) against the machine's measured matrix-multiply peak, and peak memory; a full annealed chain
+(10 levels x 100 steps) for the digits config and projected from the step time for the larger ones; and how the time
+grows with the batch size and with the number of levels and steps.  Ratios are to the faithful path (float32, eager,
+NCHW, the official order of operations), which is what the official code computes.
 
-Every variant runs the same network and batch; the table reports milliseconds per step and the ratio to the
-faithful baseline (float32, eager), which is what the official code computes.  Speed claims in README.md come from
-this script only.
+The network, objective, precision and step are built by the runners' own functions (AnnealRunner.build_model,
+training.precision.prepare_model / score_function / resolve_amp, ncsn_objective, training.loop.forward_loss and
+update, sampling.anneal_langevin_dynamics), so a speed option is wired once.  Speed claims in README.md come from here.
 """
 import argparse
+import dataclasses
 import json
 import platform
 import statistics
@@ -26,13 +32,14 @@ from configs import config_from_dict  # noqa: E402
 from runners.anneal_runner import AnnealRunner, make_sigmas, ncsn_objective  # noqa: E402
 from sampling import anneal_langevin_dynamics  # noqa: E402
 from training.loop import forward_loss, update  # noqa: E402
-from training.precision import autocast_context  # noqa: E402
+from training.precision import (FAITHFUL, maybe_compile, native_bf16, prepare_model, resolve_amp,  # noqa: E402
+                                score_function, to_layout)
 from training.setup import make_optimizer  # noqa: E402
 
-SETTINGS = {   # name: (channels, image_size, ngf, train batch)
-    "digits": (1, 8, 32, 128),
-    "mnist": (1, 28, 64, 128),
-    "cifar10": (3, 32, 128, 128),
+SETTINGS = {   # name: (channels, image_size, ngf, train batch on CUDA, on CPU, sampling batch)
+    "digits": (1, 8, 32, 128, 128, 36),
+    "mnist": (1, 28, 64, 128, 32, 25),
+    "cifar10": (3, 32, 128, 128, 8, 8),
 }
 
 
@@ -41,106 +48,233 @@ def sync(device):
         torch.cuda.synchronize()
 
 
-def timeit(fn, device, warmup, reps):
-    for _ in range(warmup):
-        fn()
-    sync(device)
-    times = []
-    for _ in range(reps):
-        t = time.perf_counter()
+def reset_peak(device):
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    else:       # Linux: writing 5 to clear_refs resets the process's peak resident set size (VmHWM)
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+
+
+def peak_mib(device):
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def timed(fn, device, warmup, reps):
+    """Run ``fn`` warmup + reps times; seconds of each timed run, and the peak memory during them.  The first warm-up
+    call's seconds (where torch.compile compiles) are kept in ``timed.first_call``."""
+    for i in range(warmup):
+        start = time.perf_counter()
         fn()
         sync(device)
-        times.append(time.perf_counter() - t)
-    return statistics.median(times) * 1000
+        if i == 0:
+            timed.first_call = time.perf_counter() - start
+    reset_peak(device)
+    times = []
+    for _ in range(reps):
+        start = time.perf_counter()
+        fn()
+        sync(device)
+        times.append(time.perf_counter() - start)
+    return times, peak_mib(device)
 
 
-def setting_config(name, batch):
-    """The official NCSN config (anneal.yml defaults) at this setting's data shape, width and batch."""
-    c, size, ngf, _ = SETTINGS[name]
+def count_flops(fn):
+    from torch.utils.flop_counter import FlopCounterMode
+    counter = FlopCounterMode(display=False)
+    with counter:
+        fn()
+    return counter.get_total_flops()
+
+
+def matmul_peak(device, dtype, n=2048, reps=10):
+    """GFLOP/s of an n x n matrix product: the machine's practical peak for ``dtype`` (convolutions run on the same
+    units)."""
+    a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
+    times, _ = timed(lambda: a @ b, device, warmup=2, reps=reps)
+    return 2 * n ** 3 / statistics.median(times) / 1e9
+
+
+def setting_config(name, batch, compute, amp):
+    """The official NCSN config (anneal.yml defaults) at this setting's data shape and width, with ``compute``."""
+    c, size, ngf = SETTINGS[name][:3]
     return config_from_dict({"data": {"dataset": "MNIST", "channels": c, "image_size": size},
-                             "model": {"ngf": ngf}, "training": {"batch_size": batch}})
+                             "model": {"ngf": ngf}, "training": {"batch_size": batch, "amp": amp},
+                             "sampling": {"amp": amp}, "compute": compute})
 
 
-def bench_train(name, device, amp, channels_last, batch, warmup, reps):
-    """One training step exactly as AnnealRunner takes it: its network, its objective, the loop's step functions."""
-    config = setting_config(name, batch)
-    c, size = config.data.channels, config.data.image_size
+def build(config, device):
+    """The network as Runner.new_model / trained_model build it (layout, kernels, compilation of ``compute``)."""
     torch.manual_seed(0)
-    fmt = torch.channels_last if channels_last else torch.contiguous_format
-    model = AnnealRunner.build_model(config).to(device).to(memory_format=fmt)
+    model = prepare_model(AnnealRunner.build_model(config).to(device), config.compute)
+    return model, maybe_compile(model, config.compute)
+
+
+def train_step_fn(config, device):
+    model, net = build(config, device)
     opt = make_optimizer(model.parameters(), config.optim)
     objective = ncsn_objective(config, make_sigmas(config, device))
-    x = torch.rand(batch, c, size, size, device=device).contiguous(memory_format=fmt)
+    d = config.data
+    x = torch.rand(config.training.batch_size, d.channels, d.image_size, d.image_size, device=device)
+    amp = resolve_amp(config.training.amp, device, d.image_size)
 
     def step():
-        loss, _, _ = forward_loss(model, objective.loss_fn, x, amp)
+        loss, _, _ = forward_loss(net, objective.loss_fn, x, amp)
         update(opt, loss)
-    return timeit(step, device, warmup, reps)
+    return step
 
 
-def bench_sample(name, device, amp, n, steps):
-    """Annealed Langevin steps with AnnealRunner's network and the one sampler (float64 step sizes, as --test)."""
-    config = setting_config(name, n)
-    c, size = config.data.channels, config.data.image_size
-    torch.manual_seed(0)
-    model = AnnealRunner.build_model(config).to(device).eval()
-    sigmas = make_sigmas(config, device, dtype=torch.float64)
-    x = torch.rand(n, c, size, size, device=device)
+def sample_fn(config, device, n, n_levels=1, n_steps=1):
+    """A closure running ``n_levels`` x ``n_steps`` annealed Langevin steps on n images, as --test does."""
+    model, net = build(config, device)
+    net.eval()
+    d = config.data
+    score = score_function(net, device, config.sampling.amp, config.compute, d.image_size)
+    sigmas = make_sigmas(config, device, dtype=torch.float64)[:n_levels]
+    x = to_layout(torch.rand(n, d.channels, d.image_size, d.image_size, device=device), config.compute)
+    return lambda: anneal_langevin_dynamics(score, x, sigmas, n_steps_each=n_steps)
 
-    def score(x, labels):
-        with autocast_context(device, amp):
-            return model(x, labels).float()
-    anneal_langevin_dynamics(score, x, sigmas[:1], n_steps_each=3)          # warm-up
-    sync(device)
-    t = time.perf_counter()
-    anneal_langevin_dynamics(score, x, sigmas[:1], n_steps_each=steps)
-    sync(device)
-    return (time.perf_counter() - t) / steps * 1000
+
+def summary(times, n_images, flops, peak_gflops, mem):
+    med = statistics.median(times)
+    return {"ms": med * 1000, "ms_min": min(times) * 1000, "ms_max": max(times) * 1000, "images_per_s": n_images / med,
+            "gflops": flops / med / 1e9 if flops else None,
+            "peak_fraction": flops / med / 1e9 / peak_gflops if flops else None, "peak_mib": mem}
+
+
+def variants(device, compile_too):
+    """(label, compute overrides, amp) of every path measured; the first is the faithful reference."""
+    out = [("faithful fp32 (official ops, NCHW, eager)", FAITHFUL, "none"),
+           ("shipped defaults", {}, "auto")]
+    if native_bf16(device):
+        out.append(("bf16 autocast + defaults", {}, "bf16"))
+    if compile_too:
+        out.append(("torch.compile + defaults", {"compile": True}, "auto"))
+        if device.type == "cuda":
+            out.append(("torch.compile CUDA graphs + defaults",
+                        {"compile": True, "compile_mode": "reduce-overhead"}, "auto"))
+    return out
+
+
+def bench_setting(name, device, args, peak):
+    c, size, ngf, cuda_batch, cpu_batch, n_sample = SETTINGS[name]
+    batch = args.batch or (cuda_batch if device.type == "cuda" else cpu_batch)
+    reps = args.reps or (20 if device.type == "cuda" else 5)
+    rows, base = [], {}
+    ref_cfg = setting_config(name, batch, FAITHFUL, "none")
+    train_flops = count_flops(train_step_fn(ref_cfg, device))
+    sample_flops = count_flops(sample_fn(ref_cfg, device, n_sample))
+    for label, compute, amp in variants(device, args.compile):
+        cfg = setting_config(name, batch, compute, amp)
+        resolved = resolve_amp(amp, device, size)
+        for what, fn, n_img, flops, warm in (
+                (f"train step (batch {batch})", train_step_fn(cfg, device), batch, train_flops, 2),
+                (f"Langevin step ({n_sample} images)", sample_fn(cfg, device, n_sample), n_sample, sample_flops, 3)):
+            times, mem = timed(fn, device, warmup=warm, reps=reps)
+            row = {"setting": name, "what": what, "variant": label, "amp": resolved,
+                   "compute": dataclasses.asdict(cfg.compute), **summary(times, n_img, flops, peak, mem),
+                   "first_call_s": timed.first_call}
+            base.setdefault(what, row["ms"])
+            row["speedup"] = base[what] / row["ms"]
+            rows.append(row)
+            print(_line(row), flush=True)
+        chain = 10 * 100    # levels x steps of the official sampler
+        step_ms = rows[-1]["ms"]
+        if name == "digits" and not args.quick:
+            times, _ = timed(sample_fn(cfg, device, n_sample, n_levels=10, n_steps=100), device, warmup=0, reps=1)
+            rows.append({"setting": name, "what": f"full chain 10x100 ({n_sample} images)", "variant": label,
+                         "amp": resolved, "ms": times[0] * 1000, "images_per_s": n_sample / times[0],
+                         "measured": True})
+        else:
+            rows.append({"setting": name, "what": f"full chain 10x100 ({n_sample} images)", "variant": label,
+                         "amp": resolved, "ms": step_ms * chain, "images_per_s": n_sample / (step_ms * chain / 1000),
+                         "measured": False})
+        base.setdefault("chain", rows[-1]["ms"])
+        rows[-1]["speedup"] = base["chain"] / rows[-1]["ms"]
+        print(_line(rows[-1]), flush=True)
+    return rows
+
+
+def scaling(device, args):
+    """digits: Langevin images/s against the batch size, and chain time against levels x steps, both paths."""
+    out = []
+    for label, compute, amp in variants(device, False):
+        cfg = setting_config("digits", 128, compute, amp)
+        for n in (1, 8, 32, 128, 512):
+            times, _ = timed(sample_fn(cfg, device, n), device, warmup=2, reps=3)
+            out.append({"variant": label, "kind": "batch", "n": n, "ms": statistics.median(times) * 1000,
+                        "images_per_s": n / statistics.median(times)})
+            print(out[-1], flush=True)
+        for levels, steps in ((2, 2), (4, 2), (8, 2), (8, 4)):
+            times, _ = timed(sample_fn(cfg, device, 36, levels, steps), device, warmup=1, reps=3)
+            ms = statistics.median(times) * 1000
+            out.append({"variant": label, "kind": "chain", "levels": levels, "steps_each": steps, "ms": ms,
+                        "ms_per_step": ms / (levels * steps)})
+            print(out[-1], flush=True)
+    return out
+
+
+def _line(r):
+    spread = f" [{r['ms_min']:.1f}-{r['ms_max']:.1f}]" if "ms_min" in r else (" (projected)" if not r.get("measured", True)
+                                                                             else "")
+    flops = f", {r['gflops']:.1f} GFLOP/s" if r.get("gflops") else ""
+    mem = f", peak {r['peak_mib']:.0f} MiB" if r.get("peak_mib") else ""
+    return (f"{r['setting']:8s} {r['what']:32s} {r['variant']:44s} {r['ms']:10.1f} ms{spread} "
+            f"{r['images_per_s']:8.1f} img/s{flops}{mem}  x{r['speedup']:.2f}")
 
 
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--settings", nargs="+", default=None, help=f"subset of {list(SETTINGS)}")
-    p.add_argument("--batch", type=int, default=None, help="training batch (default: 128 on CUDA, 32 on CPU)")
-    p.add_argument("--reps", type=int, default=None)
-    p.add_argument("--sample-n", type=int, default=25)
-    p.add_argument("--json", type=str, default=None)
+    p.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
+    p.add_argument("--batch", type=int, default=None, help="training batch (default: 128 on CUDA; 128/32/8 on CPU)")
+    p.add_argument("--reps", type=int, default=None, help="timed repetitions (default: 20 on CUDA, 5 on CPU)")
+    p.add_argument("--compile", action="store_true", help="also measure torch.compile (compile time not counted)")
+    p.add_argument("--quick", action="store_true", help="no full chain, no scaling runs")
+    p.add_argument("--json", default="bench.json")
     args = p.parse_args()
     device = torch.device(args.device)
-    cuda = device.type == "cuda"
-    if cuda:
+    if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
-    settings = args.settings or (list(SETTINGS) if cuda else ["digits", "mnist"])
-    reps = args.reps or (20 if cuda else 5)
-    rows = []
-    train_variants = [("fp32", "none", False), ("bf16 autocast", "bf16", False)]
-    if cuda:
-        train_variants += [("fp32 channels_last", "none", True), ("bf16 channels_last", "bf16", True)]
-    sample_variants = [("fp32", "none"), ("bf16 autocast", "bf16")]
-    for name in settings:
-        batch = args.batch or (SETTINGS[name][3] if cuda or name == "digits" else 32)
-        base = None
-        for label, amp, cl in train_variants:
-            ms = bench_train(name, device, amp, cl, batch, warmup=3, reps=reps)
-            base = base or ms
-            rows.append({"setting": name, "what": f"train step (batch {batch})", "variant": label, "ms": ms,
-                         "speedup": base / ms})
-            print(rows[-1], flush=True)
-        base = None
-        for label, amp in sample_variants:
-            ms = bench_sample(name, device, amp, args.sample_n, steps=50 if cuda else 10)
-            base = base or ms
-            rows.append({"setting": name, "what": f"Langevin step ({args.sample_n} samples)", "variant": label,
-                         "ms": ms, "speedup": base / ms})
-            print(rows[-1], flush=True)
-    dev = torch.cuda.get_device_name(device) if cuda else platform.processor() or platform.machine()
-    print(f"\ndevice: {dev}, torch {torch.__version__}, threads {torch.get_num_threads()}\n")
-    print("| setting | what | variant | ms / step | speed-up |\n|---|---|---|---:|---:|")
+    peak = matmul_peak(device, torch.float32)
+    peak_bf16 = matmul_peak(device, torch.bfloat16, reps=2 if not native_bf16(device) else 10)
+    dev = torch.cuda.get_device_name(device) if device.type == "cuda" else _cpu_name()
+    print(f"device: {dev}; torch {torch.__version__}; {torch.get_num_threads()} threads; "
+          f"matmul peak fp32 {peak:.0f} GFLOP/s, bf16 {peak_bf16:.0f} GFLOP/s; native bf16: {native_bf16(device)}",
+          flush=True)
+    rows = [r for name in args.settings for r in bench_setting(name, device, args, peak)]
+    scale = [] if args.quick or "digits" not in args.settings else scaling(device, args)
+    result = {"device": dev, "torch": torch.__version__, "threads": torch.get_num_threads(),
+              "native_bf16": native_bf16(device), "matmul_peak_gflops": {"fp32": peak, "bf16": peak_bf16},
+              "rows": rows, "scaling": scale}
+    Path(args.json).write_text(json.dumps(result, indent=1))
+    print("\n| setting | what | variant | ms (median [min-max]) | images/s | GFLOP/s (% of peak) | peak MiB | speed-up |")
+    print("|---|---|---|---:|---:|---:|---:|---:|")
     for r in rows:
-        print(f"| {r['setting']} | {r['what']} | {r['variant']} | {r['ms']:.2f} | {r['speedup']:.2f}x |")
-    if args.json:
-        Path(args.json).write_text(json.dumps({"device": dev, "torch": torch.__version__, "rows": rows}, indent=1))
+        spread = f" [{r['ms_min']:.0f}-{r['ms_max']:.0f}]" if "ms_min" in r else (
+            "" if r.get("measured", True) else " (projected)")
+        flops = f"{r['gflops']:.0f} ({100 * r['peak_fraction']:.0f}%)" if r.get("gflops") else ""
+        mem = f"{r['peak_mib']:.0f}" if r.get("peak_mib") else ""
+        print(f"| {r['setting']} | {r['what']} | {r['variant']} | {r['ms']:.1f}{spread} | {r['images_per_s']:.1f} | "
+              f"{flops} | {mem} | {r['speedup']:.2f}x |")
+    print(f"\nwrote {args.json}")
+
+
+def _cpu_name():
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip() + f" ({torch.backends.cpu.get_cpu_capability()})"
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 if __name__ == "__main__":

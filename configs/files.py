@@ -155,18 +155,18 @@ def load_config(path):
         raise ConfigError(f"{path}: {e}") from e
 
 
-OVERLAY_SECTIONS = ("sampling", "eval")       # what --config may change on a trained run (--test, --eval, --compare)
+OVERLAY_SECTIONS = ("sampling", "eval", "compute")     # what --config may change on a trained run (--test, --eval, --compare)
 
 
 def overlay_config(config, path):
-    """``config`` with the ``sampling`` and ``eval`` sections of the file at ``path`` laid over it (key by key).  Any
+    """``config`` with the ``sampling``, ``eval`` and ``compute`` sections of the file at ``path`` laid over it (key by key).  Any
     other section is refused: the network and data of a trained run come from the run itself."""
     raw = read_yaml(path)
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: config must be a mapping of keys to values, got {type(raw).__name__}")
     other = [key_name(k) for k in raw if k not in OVERLAY_SECTIONS]
     if other:
-        raise ConfigError(f"{path}: on a trained run --config may set only {' and '.join(OVERLAY_SECTIONS)} (the "
+        raise ConfigError(f"{path}: on a trained run --config may set only {', '.join(OVERLAY_SECTIONS[:-1])} and {OVERLAY_SECTIONS[-1]} (the "
                           f"network and data come from the run); it sets {other[0]}")
     merged = config_to_dict(config)
     for section, values in raw.items():

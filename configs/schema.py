@@ -19,6 +19,9 @@ from configs.checks import check_int_ranges, choice, non_negative, positive
 from errors import ConfigError, excerpt
 
 
+AMP_CHOICES = ("auto", "none", "bf16", "fp16")
+
+
 @dataclass(frozen=True)
 class Training:
     batch_size: int = 128
@@ -33,7 +36,8 @@ class Training:
     test_freq: int = 100               # steps between test losses (official: 100, hard-coded)
     log_freq: int = 1                  # steps between log lines of the training loss (tensorboard: every step)
     num_workers: int = 4               # DataLoader workers (official: 4, hard-coded)
-    amp: str = "none"                  # 'none', 'bf16' or 'fp16' autocast for the network (CUDA and CPU)
+    amp: str = "auto"                  # autocast of the network in training: 'auto', 'none', 'bf16' or 'fp16'
+    #                                    (auto: bf16 where the device computes it natively, else none; precision.py)
     keep_snapshots: bool = True        # keep checkpoint_{step}.pth next to checkpoint.pth (official: yes)
     preview_freq: int = 0              # every n steps a small sample grid to previews/ and tensorboard (0: off)
     preview_samples: int = 16          # images in a preview grid
@@ -46,7 +50,7 @@ class Training:
         non_negative(self.num_workers, "training.num_workers")
         non_negative(self.noise_std, "training.noise_std")
         choice(self.algo, ("dsm", "ssm"), "training.algo")
-        choice(self.amp, ("none", "bf16", "fp16"), "training.amp")
+        choice(self.amp, AMP_CHOICES, "training.amp")
         check_int_ranges(self, "training")
 
 
@@ -122,8 +126,10 @@ class Sampling:
     inpainting: bool = False           # AnnealRunner --test: complete test images where inpainting_mask hides them
     inpainting_mask: str = "left_half"  # official: the left half observed; or top_half, centre_box, random_pixels
     inpainting_fraction: float = 0.5   # the hidden share for centre_box and random_pixels (sampling/masks.py)
+    amp: str = "auto"                  # autocast of the network while sampling (--test, --eval, previews); as training.amp
 
     def __post_init__(self):
+        choice(self.amp, AMP_CHOICES, "sampling.amp")
         for name in ("n_samples", "n_steps_each", "n_steps", "step_lr", "gif_every"):
             positive(getattr(self, name), f"sampling.{name}")
         # the kinds of sampling/masks.py (MASK_KINDS; tests/test_inpainting.py checks that they agree)
@@ -183,6 +189,19 @@ class Eval:
 
 
 @dataclass(frozen=True)
+class Compute:
+    """How the network is computed (training/precision.py): layout, kernels, compilation.  None of these changes the
+    maths; they change floating-point rounding only (tests/test_speed.py bounds how much)."""
+    channels_last: bool = True         # NHWC tensors (faster convolutions and pooling on CPU and CUDA)
+    fused_norm: bool = True            # InstanceNorm++ as one affine pass per (example, channel) (models/normalization.py)
+    compile: bool = False              # torch.compile the network (the first run compiles for minutes on a CPU; cached)
+    compile_mode: str = "default"      # torch.compile's mode; 'reduce-overhead' captures CUDA graphs on CUDA
+
+    def __post_init__(self):
+        choice(self.compile_mode, ("default", "reduce-overhead", "max-autotune"), "compute.compile_mode")
+
+
+@dataclass(frozen=True)
 class Config:
     training: Training = field(default_factory=Training)
     data: Data = field(default_factory=Data)
@@ -191,6 +210,7 @@ class Config:
     sampling: Sampling = field(default_factory=Sampling)
     toy: Toy = field(default_factory=Toy)
     eval: Eval = field(default_factory=Eval)
+    compute: Compute = field(default_factory=Compute)
 
 
 def _check_type(value, tp, path):

@@ -18,6 +18,7 @@ from runners.outputs import prepare_output_folder, sample_to_folder, write_previ
 from sampling import anneal_langevin_dynamics, geometric_sigmas, inpainting
 from sampling.masks import inpainting_mask
 from training.loop import Objective, train_loop
+from training.precision import to_layout
 from training.setup import setup_training
 
 
@@ -66,7 +67,8 @@ class AnnealRunner(Runner):
         """A few samples of a short annealed chain (``training.preview_*``): previews/step_<step>.png, tensorboard."""
         cfg, d, t = self.config, self.config.data, self.config.training
         x = torch.rand(t.preview_samples, d.channels, d.image_size, d.image_size, device=self.device)
-        x = anneal_langevin_dynamics(model, x, make_sigmas(cfg, self.device, dtype=torch.float64),
+        x = anneal_langevin_dynamics(self.score_fn(model), to_layout(x, cfg.compute),
+                                     make_sigmas(cfg, self.device, dtype=torch.float64),
                                      n_steps_each=t.preview_steps_each, step_lr=cfg.sampling.step_lr)
         write_preview(inverse_data_transform(x, d), Path(self.args.log) / "previews" / f"step_{step}.png", writer,
                       step)
@@ -75,11 +77,12 @@ class AnnealRunner(Runner):
         """--eval: eval.n_samples samples with the run's sampler settings, scored against its data set."""
         cfg, d, smp = self.config, self.config.data, self.config.sampling
         model, state = self.trained_model(Path(self.args.log) / "checkpoint.pth")
+        score = self.score_fn(model)
         sigmas = make_sigmas(cfg, self.device, dtype=torch.float64)
 
         def draw(size):
             x = torch.rand(size, d.channels, d.image_size, d.image_size, device=self.device)          # U[0, 1)
-            x = anneal_langevin_dynamics(model, x, sigmas, n_steps_each=smp.n_steps_each, step_lr=smp.step_lr,
+            x = anneal_langevin_dynamics(score, to_layout(x, cfg.compute), sigmas, n_steps_each=smp.n_steps_each, step_lr=smp.step_lr,
                                          denoise=smp.denoise)
             return to_uint8_nhwc(inverse_data_transform(x, d))
         evaluate_run(self, draw, state, {"method": "annealed_langevin", "n_steps_each": smp.n_steps_each,
@@ -89,6 +92,7 @@ class AnnealRunner(Runner):
     def test(self):
         cfg, args, d, smp = self.config, self.args, self.config.data, self.config.sampling
         model, _ = self.trained_model(Path(args.log) / "checkpoint.pth")
+        score = self.score_fn(model)
         folder = prepare_output_folder(args.image_folder, args.overwrite)
         sigmas = make_sigmas(cfg, self.device, dtype=torch.float64)   # step sizes in float64, as official
         nrow = max(1, round(smp.n_samples ** 0.5))
@@ -115,10 +119,10 @@ class AnnealRunner(Runner):
                 return rows.flatten(0, 1), nrow + 2
             grid = inpainting_grid
         n = nrow * nrow if smp.inpainting else smp.n_samples
-        x = torch.rand(n, *shape, device=self.device)                                     # init U[0, 1)
+        x = to_layout(torch.rand(n, *shape, device=self.device), cfg.compute)             # init U[0, 1)
 
         def run(x0, callback):
-            return sampler(model, x0, sigmas, n_steps_each=smp.n_steps_each, step_lr=smp.step_lr,
+            return sampler(score, x0, sigmas, n_steps_each=smp.n_steps_each, step_lr=smp.step_lr,
                            denoise=smp.denoise, callback=callback)
 
         samples = sample_to_folder(run, x, total=len(sigmas) * smp.n_steps_each, folder=folder, data_cfg=d,

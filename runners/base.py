@@ -1,9 +1,12 @@
 """What every runner declares: how to build its network from a config (and so which configs it can take), and
 whether it can train in several processes under torchrun.  main.py asks these questions; it lists no runner."""
+from pathlib import Path
+
 import torch
 
 from errors import ConfigError, UserError, is_allocation_error
 from training.checkpoint import load_trained
+from training.precision import maybe_compile, prepare_model, score_function
 
 # network constructor arguments -> the config keys they come from (to name the key in an error)
 CONFIG_KEYS = {"channels": "data.channels", "image_size": "data.image_size", "ngf": "model.ngf",
@@ -50,7 +53,8 @@ class Runner:
             raise ConfigError(f"{message} (the {cls.__name__} network)") from e
 
     def new_model(self, model=None, training=False):
-        """A fresh network (``build_model``'s, or ``model`` built by the caller) on the runner's device; a network too
+        """A fresh network (``build_model``'s, or ``model`` built by the caller) on the runner's device, in the layout and
+        kernels of ``config.compute`` (training/precision.py); a network too
         large for the device's memory is one clear error, not an allocator traceback or an exhausted machine.
         ``training``: count the gradients and Adam's two moments too (4 copies of the weights)."""
         name = type(self).__name__
@@ -58,7 +62,7 @@ class Runner:
             if model is None:
                 _check_fits(self.config, self.build_model, self.device, name, copies=4 if training else 1)
                 model = self.build_model(self.config)
-            return model.to(self.device)
+            return prepare_model(model.to(self.device), self.config.compute)
         except (RuntimeError, MemoryError) as e:
             if not is_allocation_error(e):
                 raise
@@ -74,7 +78,18 @@ class Runner:
             raise UserError(f"checkpoint {path} holds non-finite weights ({', '.join(bad[:3])}"
                             f"{', ...' if len(bad) > 3 else ''}); nothing to sample from it; use an earlier "
                             f"checkpoint_<step>.pth")
-        return model, state
+        return maybe_compile(model, self.config.compute, cache_root=_cache_root(self.args)), state
+
+    def score_fn(self, model):
+        """What the samplers call: ``model`` under ``sampling.amp`` in ``compute``'s layout (training/precision.py)."""
+        return score_function(model, self.device, self.config.sampling.amp, self.config.compute,
+                              self.config.data.image_size)
+
+
+def _cache_root(args):
+    """``<run>/cache``: where compiled kernels are kept between runs (None without a --run folder)."""
+    run = getattr(args, "run", None)
+    return Path(run) / "cache" if run else None
 
 
 def _check_fits(config, build, device, name, copies):

@@ -17,6 +17,7 @@ from runners.base import Runner
 from runners.evaluate import evaluate_run
 from runners.outputs import prepare_output_folder, sample_to_folder
 from sampling import anneal_langevin_dynamics, unconditional
+from training.precision import to_layout
 from training.loop import Objective, train_loop
 from training.setup import setup_training
 
@@ -57,8 +58,8 @@ class BaselineRunner(Runner):
 
         def draw(size):
             x = torch.rand(size, d.channels, d.image_size, d.image_size, device=self.device)          # U[0, 1)
-            x = anneal_langevin_dynamics(unconditional(model), x, [cfg.model.sigma], n_steps_each=smp.n_steps,
-                                         step_lr=smp.step_lr)
+            x = anneal_langevin_dynamics(unconditional(self.score_fn(model)), to_layout(x, cfg.compute),
+                                         [cfg.model.sigma], n_steps_each=smp.n_steps, step_lr=smp.step_lr)
             return to_uint8_nhwc(inverse_data_transform(x, d))
         evaluate_run(self, draw, state, {"method": "langevin", "n_steps": smp.n_steps, "step_lr": smp.step_lr})
 
@@ -68,9 +69,10 @@ class BaselineRunner(Runner):
         model, _ = self.trained_model(Path(args.log) / "checkpoint.pth")
         folder = prepare_output_folder(args.image_folder, args.overwrite)
         x = torch.rand(smp.n_samples, d.channels, d.image_size, d.image_size, device=self.device)   # init U[0, 1)
+        x, score = to_layout(x, cfg.compute), unconditional(self.score_fn(model))
 
         def run(x0, callback):      # plain Langevin: the one sampler with the single level model.sigma
-            return anneal_langevin_dynamics(unconditional(model), x0, [cfg.model.sigma], n_steps_each=smp.n_steps,
+            return anneal_langevin_dynamics(score, x0, [cfg.model.sigma], n_steps_each=smp.n_steps,
                                             step_lr=smp.step_lr, callback=callback)
 
         sample_to_folder(run, x, total=smp.n_steps, folder=folder, data_cfg=d, sampling_cfg=smp,

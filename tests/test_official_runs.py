@@ -248,7 +248,7 @@ def test_official_run_folder_inpaints_evaluates_and_compares_with_an_overlay(tmp
     bad = tmp_path / "bad.yml"
     bad.write_text("sampling: {n_samples: 4}\nmodel: {ngf: 8}\n")
     rc, err = main_in_process(capfd, "--test", "--doc", "mnist", "--run", run, "--config", bad, "-o", tmp_path / "x")
-    assert rc == 1 and err == [f"error: {bad}: on a trained run --config may set only sampling and eval (the network "
+    assert rc == 1 and err == [f"error: {bad}: on a trained run --config may set only sampling, eval and compute (the network "
                                f"and data come from the run); it sets model"]
     assert (log / "config.yml").read_text() == official
 

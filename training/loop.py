@@ -101,7 +101,7 @@ def train_loop(setup, objective):
                 X, _ = next(s.train_stream)
                 step += 1
                 X = X.to(device, non_blocking=True)
-                loss, per_example, labels = forward_loss(model, objective.loss_fn, X, tcfg.amp)
+                loss, per_example, labels = forward_loss(model, objective.loss_fn, X, s.amp)
                 loss_value = dist_mean(loss.item())     # every process decides on the same (mean) value
                 if not math.isfinite(loss_value):
                     raise NonFiniteLoss(_non_finite_message(per_example, labels, objective.sigmas, step, last_saved,
@@ -120,7 +120,7 @@ def train_loop(setup, objective):
                 if objective.test_fn is not None and step % tcfg.test_freq == 0:
                     test_X, _ = next(s.test_stream)
                     model.eval()
-                    with autocast_context(device, tcfg.amp):
+                    with autocast_context(device, s.amp):
                         test_value = dist_mean(float(objective.test_fn(unwrap(model), test_X.to(device))))
                     model.train()
                     if writer is not None:

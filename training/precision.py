@@ -1,15 +1,116 @@
-"""Numerical precision and network wrappers: autocast for the network's forward pass, and ``unwrap``, which finds the
-bare network inside any wrapper so that checkpoints always carry the official state-dict keys."""
+"""How the network is computed: autocast (``training.amp`` / ``sampling.amp``), memory layout, fused kernels and
+``torch.compile`` (the ``compute`` section), in one place that the runners and the benchmark both call; and ``unwrap``,
+which finds the bare network inside any wrapper so that checkpoints always carry the official state-dict keys.
+
+None of these options changes the maths: they change floating-point rounding only (tests/test_speed.py bounds how
+much).  The faithful reference path is ``amp: none`` with ``compute: {channels_last: false, fused_norm: false,
+compile: false}``: the official order of operations in float32, eager, NCHW.
+"""
+import logging
+import os
+import time
 from contextlib import nullcontext
+from pathlib import Path
 
 import torch
 
+FAITHFUL = {"channels_last": False, "fused_norm": False, "compile": False, "compile_mode": "default"}
+
+
+def native_bf16(device):
+    """True where ``device`` computes bf16 matrix products in hardware: CUDA GPUs with bf16 support, CPUs whose oneDNN
+    has bf16 kernels (AVX-512 BF16 / AMX).  Elsewhere (e.g. AVX2-only CPUs) bf16 convolutions fall back to slow
+    reference loops, many times slower than float32."""
+    if device.type == "cuda":
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    if device.type == "cpu":
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    return False
+
+
+AUTO_BF16_MIN_SIZE = 16     # measured: at 8x8 the network is too small for bf16 to pay (README "Speed")
+
+
+def resolve_amp(amp, device, image_size=None):
+    """The autocast dtype name that ``amp`` means on ``device``: 'auto' is 'bf16' where the device computes bf16
+    natively and the images are at least AUTO_BF16_MIN_SIZE pixels wide, 'none' otherwise."""
+    if amp != "auto":
+        return amp
+    big = image_size is None or image_size >= AUTO_BF16_MIN_SIZE
+    return "bf16" if big and native_bf16(device) else "none"
+
 
 def autocast_context(device, amp):
-    """Autocast for ``amp`` ('none', 'bf16' or 'fp16') on ``device``'s type; 'none' is a no-op context."""
+    """Autocast for ``amp`` ('none', 'bf16' or 'fp16'; 'auto' resolved) on ``device``'s type; 'none' is a no-op."""
+    amp = resolve_amp(amp, device)
     if amp == "none":
         return nullcontext()
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16 if amp == "bf16" else torch.float16)
+
+
+def memory_format(compute):
+    return torch.channels_last if compute.channels_last else torch.contiguous_format
+
+
+def prepare_model(model, compute):
+    """Apply ``compute``'s layout and kernels to a bare network in place (before any wrapper): channels-last weights
+    and the fused InstanceNorm++ (every module with a ``fused`` switch).  State-dict keys are unchanged."""
+    for module in model.modules():
+        if hasattr(module, "fused"):
+            module.fused = compute.fused_norm
+    return model.to(memory_format=memory_format(compute))
+
+
+def to_layout(x, compute):
+    """An input batch in ``compute``'s memory layout (4-D tensors only; anything else is returned as it is)."""
+    return x.contiguous(memory_format=torch.channels_last) if compute.channels_last and x.dim() == 4 else x
+
+
+def maybe_compile(model, compute, cache_root=None):
+    """``torch.compile(model)`` when ``compute.compile`` asks (else ``model``).  Inductor's caches go under
+    ``cache_root``/inductor (e.g. ``<run>/cache``) unless TORCHINDUCTOR_CACHE_DIR is set, so a second run with the same
+    network and shapes reuses the compiled kernels instead of compiling again; the first call is timed and logged."""
+    if not compute.compile:
+        return model
+    if cache_root is not None:
+        os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(Path(cache_root) / "inductor"))
+    compiled = torch.compile(model, mode=None if compute.compile_mode == "default" else compute.compile_mode)
+    return _TimeFirstCall(compiled)
+
+
+class _TimeFirstCall(torch.nn.Module):
+    """Logs how long the first call took (where torch.compile compiles); ``unwrap`` sees through it."""
+
+    def __init__(self, compiled):
+        super().__init__()
+        self._orig_mod = compiled
+        self._timed = False
+
+    def forward(self, *args, **kwargs):
+        if self._timed:
+            return self._orig_mod(*args, **kwargs)
+        start = time.perf_counter()
+        out = self._orig_mod(*args, **kwargs)
+        self._timed = True
+        logging.info("torch.compile: the first call (compiling, or loading from the cache %s) took %.1f s",
+                     os.environ.get("TORCHINDUCTOR_CACHE_DIR", "(default)"), time.perf_counter() - start)
+        return out
+
+
+def score_function(model, device, amp, compute, image_size=None):
+    """The score ``f(x, *labels)`` that the samplers call: the network under ``amp``'s autocast (the output back in
+    float32), its input in ``compute``'s layout (a no-op for a state already in it: start chains with
+    :func:`to_layout`).  With amp 'none' and NCHW it is the network itself."""
+    amp = resolve_amp(amp, device, image_size)
+    if amp == "none" and not compute.channels_last:
+        return model
+    context = autocast_context(device, amp)
+
+    def score(x, *labels):
+        with context:
+            out = model(to_layout(x, compute), *labels)
+        return out.float()
+    return score
 
 
 def unwrap(model):

@@ -12,6 +12,7 @@ import torch.optim as optim
 from errors import ConfigError, UserError
 from training.resume import find_resume_checkpoint, remove_stale_temp_files, restore_training_state
 from training.distributed import is_main, rank, world_size
+from training.precision import maybe_compile, resolve_amp
 from training.rng import seed_everything
 
 
@@ -29,6 +30,7 @@ class TrainSetup:
     device: torch.device
     start_step: int = 0
     scaler: Optional[torch.amp.GradScaler] = None
+    amp: str = "none"           # training.amp resolved for this device ('auto' -> 'bf16' or 'none')
 
 
 def make_optimizer(params, optim_cfg):
@@ -63,7 +65,10 @@ def setup_training(args, config, device, model, datasets=None):
     test_stream = BatchStream(test, min(t.batch_size, len(test)), seed=args.seed + 1, drop_last=True, **shard)
     model = model.to(device)
     optimizer = make_optimizer(model.parameters(), config.optim)
-    scaler = torch.amp.GradScaler(device.type, enabled=t.amp == "fp16")
+    amp = resolve_amp(t.amp, device, config.data.image_size)
+    logging.info("training precision: %s%s; compute: %s", amp, " (training.amp: auto)" if t.amp == "auto" else "",
+                 ", ".join(f"{k} {v}" for k, v in dataclasses.asdict(config.compute).items()))
+    scaler = torch.amp.GradScaler(device.type, enabled=amp == "fp16")
     start_step = 0
     if args.resume_training:
         log = Path(args.log)
@@ -80,6 +85,8 @@ def setup_training(args, config, device, model, datasets=None):
     if n_proc > 1:  # after loading the weights: DDP copies rank 0's into every process, then averages gradients
         model = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None)
+    model = maybe_compile(model, config.compute, cache_root=Path(args.run) / "cache" if getattr(args, "run", None)
+                          else None)
     writer = None
     if is_main():
         try:
@@ -88,7 +95,7 @@ def setup_training(args, config, device, model, datasets=None):
             raise UserError(f"cannot write the tensorboard log {args.tb}: {e.strerror or e}") from e
     return TrainSetup(model=model, optimizer=optimizer, train_stream=train_stream, test_stream=test_stream,
                       config=config, log_dir=Path(args.log), writer=writer, device=device, start_step=start_step,
-                      scaler=scaler)
+                      scaler=scaler, amp=amp)
 
 
 def check_writable(folder, what):

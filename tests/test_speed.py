@@ -1,0 +1,166 @@
+"""The fast paths (training/precision.py, the ``compute`` section) track the faithful float32 path.
+
+Golden: the official code run fully in float64 (``golden_true64.pt``) is matched to 1e-12 by the faithful network
+AND by the fused, channels-last one.  In float32 the fast path's forward, loss and one training step's gradients stay
+within 1e-5 (relative) of the faithful path, sampling chains on a trained digits model stay within 1e-3 (absolute, in
+[0, 1] pixel units) after 40 steps, and the test loss is the same to 1e-5.  torch.compile is tested end to end on a
+tiny network (``--test`` through the CLI; its first call compiles, about 2 minutes on this CPU).
+"""
+import dataclasses
+
+import pytest
+import torch
+
+import main as cli
+from configs import config_from_dict
+from conftest import tiny_digits_config
+from losses import anneal_dsm_score_estimation
+from models import CondRefineNetDilated
+from runners.anneal_runner import AnnealRunner, make_sigmas, ncsn_objective
+from sampling import anneal_langevin_dynamics
+from test_models import GOLDEN, golden, golden_model, rel_err, strip_module  # noqa: F401  (golden is a fixture)
+from training.checkpoint import load_checkpoint
+from training.loop import forward_loss
+from training.precision import (FAITHFUL, native_bf16, prepare_model, resolve_amp, score_function, to_layout,
+                                unwrap)
+
+FAST = config_from_dict({}).compute          # the shipped defaults: channels-last, fused InstanceNorm++
+SLOW = config_from_dict({"compute": FAITHFUL}).compute
+TOL_TRUE64 = 1e-12
+
+
+@pytest.fixture(scope="module")
+def true64():
+    path = GOLDEN / "golden_true64.pt"
+    if not path.exists():
+        pytest.skip(f"golden reference not found: {path}")
+    return torch.load(path, weights_only=True)
+
+
+@pytest.mark.parametrize("compute", [SLOW, FAST], ids=["faithful", "fast"])
+def test_float64_matches_the_official_code_run_in_float64(golden, true64, compute):   # noqa: F811
+    data, _, _ = golden
+    model = prepare_model(golden_model(golden, torch.float64), compute)
+    x, labels, sigmas, z = data["x"], data["labels"], data["sigmas"], data["z"]
+    with torch.no_grad():
+        assert rel_err(model(to_layout(x, compute), labels), true64["out"]) < TOL_TRUE64
+    loss = anneal_dsm_score_estimation(model, to_layout(x, compute), labels, sigmas, anneal_power=2.0, noise=z)
+    assert rel_err(loss, true64["dsm_loss"]) < TOL_TRUE64
+    loss.backward()
+    grads = strip_module(true64["grads"])
+    errors = {name: rel_err(p.grad, grads[name]) for name, p in model.named_parameters()}
+    worst = max(errors, key=errors.get)
+    assert errors[worst] < TOL_TRUE64, f"{worst}: {errors[worst]:.2e}"
+
+
+def test_float32_fast_path_tracks_the_faithful_one_on_the_golden_model(golden):   # noqa: F811
+    data, _, _ = golden
+    x, labels, z = data["x"].float(), data["labels"], data["z"].float()
+    results = {}
+    for name, compute in (("faithful", SLOW), ("fast", FAST)):
+        model = prepare_model(golden_model(golden, torch.float32), compute)
+        with torch.no_grad():
+            out = model(to_layout(x, compute), labels)
+        loss = anneal_dsm_score_estimation(model, x, labels, data["sigmas_float32"], anneal_power=2.0, noise=z)
+        loss.backward()
+        results[name] = out, loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}
+    (out0, loss0, g0), (out1, loss1, g1) = results["faithful"], results["fast"]
+    assert rel_err(out1, out0) < 1e-5 and rel_err(out0, data["out_float32"]) < 1e-5
+    assert rel_err(loss1, loss0) < 1e-6
+    worst = max(rel_err(g1[n], g0[n]) for n in g0)
+    assert worst < 1e-4
+
+
+def test_fused_norm_negative_control(golden, true64, monkeypatch):   # noqa: F811
+    """The 1e-12 comparison can fail: a fused norm with the biased variance of the channel means misses it by far."""
+    import models.normalization as normalization
+    fused = normalization._instance_norm_plus_fused
+
+    def wrong(x, gamma, alpha, beta):
+        return fused(x, gamma, alpha * (1 + 1e-3), beta)
+    monkeypatch.setattr(normalization, "_instance_norm_plus_fused", wrong)
+    data, _, _ = golden
+    model = prepare_model(golden_model(golden, torch.float64), FAST)
+    with torch.no_grad():
+        assert rel_err(model(data["x"], data["labels"]), true64["out"]) > 1e-6
+
+
+def test_one_training_step_of_the_runner_tracks_the_faithful_path():
+    """Through the runner's own objective and step function: the same loss and gradients to 1e-5 / 1e-4."""
+    results = {}
+    for name, compute in (("faithful", SLOW), ("fast", FAST)):
+        cfg = config_from_dict({"data": {"dataset": "DIGITS", "image_size": 8, "channels": 1},
+                                "model": {"ngf": 16}, "training": {"amp": "none"},
+                                "compute": dataclasses.asdict(compute)})
+        torch.manual_seed(0)
+        model = prepare_model(AnnealRunner.build_model(cfg), cfg.compute)
+        objective = ncsn_objective(cfg, make_sigmas(cfg, torch.device("cpu")))
+        x = torch.rand(32, 1, 8, 8, generator=torch.Generator().manual_seed(1))
+        torch.manual_seed(2)
+        loss, _, _ = forward_loss(model, objective.loss_fn, x, "none")
+        loss.backward()
+        results[name] = loss.item(), torch.cat([p.grad.flatten() for p in model.parameters()])
+    assert results["fast"][0] == pytest.approx(results["faithful"][0], rel=1e-5)
+    assert rel_err(results["fast"][1], results["faithful"][1]) < 1e-4
+
+
+def test_state_dict_keys_and_contents_do_not_depend_on_the_compute_path():
+    torch.manual_seed(0)
+    plain = CondRefineNetDilated(channels=3, image_size=8, ngf=8, num_classes=4)
+    fast = prepare_model(CondRefineNetDilated(channels=3, image_size=8, ngf=8, num_classes=4), FAST)
+    fast.load_state_dict(plain.state_dict())
+    a, b = plain.state_dict(), unwrap(fast).state_dict()
+    assert list(a) == list(b) and all(torch.equal(a[k], b[k]) for k in a)
+    assert fast.begin_conv.weight.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_auto_precision_follows_the_hardware():
+    cpu = torch.device("cpu")
+    assert resolve_amp("auto", cpu, 28) == ("bf16" if native_bf16(cpu) else "none")
+    assert resolve_amp("auto", cpu, 8) == "none"                     # too small to pay, whatever the CPU
+    assert resolve_amp("fp16", cpu, 8) == "fp16" and resolve_amp("none", cpu, 28) == "none"
+
+
+def test_sampling_chains_and_test_loss_of_a_trained_model_agree(tmp_path, write_config):
+    """A digits model trained for a few steps; 40 annealed Langevin steps from the same start and noise with the
+    faithful and the fast path end within 1e-3 of each other; the test DSM loss on fixed noise agrees to 1e-5."""
+    cfg_file = write_config(tiny_digits_config(training={"n_iters": 30, "snapshot_freq": 30, "test_freq": 100},
+                                               model={"ngf": 16}))
+    run = tmp_path / "run"
+    assert cli.main(["--config", str(cfg_file), "--run", str(run), "--doc", "d"]) == 0
+    state = load_checkpoint(run / "logs" / "d" / "checkpoint.pth")
+    samples, losses = {}, {}
+    for name, compute in (("faithful", SLOW), ("fast", FAST)):
+        cfg = config_from_dict({**state["config"], "compute": dataclasses.asdict(compute)})
+        model = prepare_model(AnnealRunner.build_model(cfg), compute)
+        model.load_state_dict(state["model"])
+        model.eval()
+        score = score_function(model, torch.device("cpu"), "none", compute)
+        sigmas = make_sigmas(cfg, torch.device("cpu"), dtype=torch.float64)
+        torch.manual_seed(5)
+        x0 = to_layout(torch.rand(16, 1, 8, 8), compute)
+        samples[name] = anneal_langevin_dynamics(score, x0, sigmas, n_steps_each=10, step_lr=cfg.sampling.step_lr)
+        x = torch.rand(64, 1, 8, 8, generator=torch.Generator().manual_seed(3))
+        labels = torch.arange(64) % len(sigmas)
+        with torch.no_grad():
+            losses[name] = anneal_dsm_score_estimation(model, x, labels, sigmas.float(),
+                                                       noise=torch.randn(64, 1, 8, 8,
+                                                                         generator=torch.Generator().manual_seed(4)))
+    assert (samples["fast"] - samples["faithful"]).abs().max().item() < 1e-3
+    assert losses["fast"].item() == pytest.approx(losses["faithful"].item(), rel=1e-5)
+
+
+def test_compiled_sampling_through_the_cli(tmp_path, write_config, monkeypatch):
+    """compute.compile: --test samples through torch.compile (inductor), writes the same grid shape, and the compiled
+    kernels are cached under <run>/cache/inductor for the next run."""
+    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)
+    cfg_file = write_config(tiny_digits_config(training={"n_iters": 2, "snapshot_freq": 2},
+                                               model={"ngf": 4}, sampling={"n_samples": 4, "n_steps_each": 2}))
+    run = tmp_path / "run"
+    assert cli.main(["--config", str(cfg_file), "--run", str(run), "--doc", "c"]) == 0
+    overlay = write_config({"compute": {"compile": True}}, name="compile.yml")
+    assert cli.main(["--test", "--run", str(run), "--doc", "c", "--config", str(overlay), "-o",
+                     str(tmp_path / "out")]) == 0
+    samples = torch.load(tmp_path / "out" / "samples.pth", weights_only=True)
+    assert samples.shape == (4, 1, 8, 8) and torch.isfinite(samples).all()
+    assert any((run / "cache" / "inductor").rglob("*")), "no compiled kernels cached"
