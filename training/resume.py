@@ -148,7 +148,8 @@ def restore_training_state(state, *, model, optimizer, path, streams=None, scale
         s.load_state_dict(saved)
     if scaler is not None and state.get("scaler") is not None:
         scaler.load_state_dict(state["scaler"])
-    _restore_ema(ema, state, model, path, other_changes.pop("model.ema", None))
+    _restore_ema(ema, state, model, path, {k: other_changes.pop(k) for k in ("model.ema", "model.ema_rate")
+                                            if k in other_changes})
     if other_changes:
         logging.warning("settings changed since %s take effect from this resume: %s", path,
                         ", ".join(f"{k} {describe(a)} -> {describe(b)}" for k, (a, b) in other_changes.items()))
@@ -158,20 +159,22 @@ def restore_training_state(state, *, model, optimizer, path, streams=None, scale
     return int(state["step"])
 
 
-def _restore_ema(ema, state, model, path, change):
-    """The EMA continues from the checkpoint's, starts from the restored weights, or (model.ema now off) ends."""
+def _restore_ema(ema, state, model, path, changes):
+    """The EMA continues from the checkpoint's, starts from the restored weights, or (model.ema now off) ends; one
+    warning for the last two, and for a changed model.ema_rate of a continued EMA."""
     if ema is not None and state.get("ema") is not None:
         ema.load_state_dict(state["ema"])
+        if "model.ema_rate" in changes:
+            logging.warning("model.ema_rate changed since %s (%s -> %s): the moving average continues at the new "
+                            "rate", path, *map(describe, changes["model.ema_rate"]))
     elif ema is not None:
         ema.reset(model)
         logging.warning("%s holds no EMA weights (%s): the moving average (model.ema_rate %g) starts from the restored "
-                        "weights", path, "model.ema was off" if change else "trained without model.ema", ema.rate)
+                        "weights", path, "model.ema was off" if "model.ema" in changes else "trained without model.ema",
+                        ema.rate)
     elif state.get("ema") is not None:
         logging.warning("model.ema is off: the EMA weights of %s are not continued, and the checkpoints from now on "
                         "hold the raw weights only", path)
-    elif change:
-        logging.warning("settings changed since %s take effect from this resume: model.ema %s -> %s", path,
-                        describe(change[0]), describe(change[1]))
 
 
 def _stream_position(name, saved, stream, saved_config, path):
