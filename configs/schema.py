@@ -87,10 +87,14 @@ class Model:
     n_particles: int = 1               # unused official ScoreNet keys, accepted for compatibility
     lam: float = 10.0
     z_dim: int = 100
+    ema: bool = False                  # keep an exponential moving average of the weights (NCSNv2; training/ema.py)
+    ema_rate: float = 0.999            # shadow = ema_rate * shadow + (1 - ema_rate) * param after every step
 
     def __post_init__(self):
         for name in ("sigma_begin", "sigma_end", "num_classes", "ngf", "sigma", "nef", "ndf"):
             positive(getattr(self, name), f"model.{name}")
+        if not 0 <= self.ema_rate < 1:
+            raise ConfigError(f"model.ema_rate must be in [0, 1), got {excerpt(self.ema_rate)}")
         if self.sigma_end > self.sigma_begin:
             raise ConfigError(f"model.sigma_end ({self.sigma_end}) must not exceed model.sigma_begin "
                               f"({self.sigma_begin})")

@@ -70,8 +70,9 @@ class Runner:
                             f"{self.config.model.ngf}, data.image_size {self.config.data.image_size})") from e
 
     def trained_model(self, path, model=None):
-        """The network with the weights of the checkpoint at ``path``, in eval mode: (model, checkpoint state).
-        Non-finite weights are refused: sampling from them gives only NaN images."""
+        """The network with the weights of the checkpoint at ``path``, in eval mode: (model, checkpoint state); the
+        EMA weights when the checkpoint has them (``load_trained``).  Non-finite weights are refused: sampling from
+        them gives only NaN images."""
         model, state = load_trained(self.new_model(model), path, self.device)
         bad = [n for n, p in model.named_parameters() if not bool(torch.isfinite(p).all())]
         if bad:

@@ -6,7 +6,8 @@ and writes into ``folder``:
 
 - ``comparison.csv``: one row per checkpoint: step, checkpoint, mean, stderr, [metrics such as fid], then one column
   per noise level ``level_{i}_sigma_{sigma}``;
-- ``comparison.json``: the same rows, ``best`` (the checkpoint with the lowest finite mean) and the settings (runner,
+- ``comparison.json``: the same rows (each with ``ema``: whether the checkpoint's EMA weights were scored, as they
+  are whenever it has them), ``best`` (the checkpoint with the lowest finite mean) and the settings (runner,
   objective, seed, number of test images, sigmas, weighting, batch size);
 - ``comparison.png``: the mean loss against step (best marked), the per-level losses against step, and one panel per
   metric when ``metrics`` are given.
@@ -37,6 +38,7 @@ from datasets import get_dataset
 from errors import UserError
 from evaluation.test_loss import fixed_transform, per_level_test_loss
 from runners.outputs import prepare_output_folder
+from training.checkpoint import uses_ema
 
 _NUMBERED = re.compile(r"checkpoint_(\d+)\.pth")
 
@@ -146,7 +148,7 @@ def compare_checkpoints(runner, folder, checkpoints=None, seed=0, max_images=Non
                                      total=len(loader), progress=progress,
                                      desc=f"{spec['name']} {path.name} ({k + 1}/{len(found)})")
         extra = metrics.get(step, metrics.get(path.name, {})) if metrics else {}
-        row = {"step": step, "checkpoint": path.name, "mean": result["mean"], "stderr": result["stderr"],
+        row = {"step": step, "checkpoint": path.name, "ema": uses_ema(state), "mean": result["mean"], "stderr": result["stderr"],
                **{m: extra.get(m) for m in metric_names}, "per_level": result["per_level"]}
         rows.append(row)
         logging.info("%s (step %s): mean test %s loss %.6g +- %.2g", path.name, step, spec["name"], row["mean"],

@@ -16,6 +16,7 @@ from errors import UserError
 from evaluation.export import MANIFEST, assemble, batch_sizes, export_batches, start_export
 from evaluation.reference import feature_rows
 from runners.outputs import prepare_output_folder, save_grid
+from training.checkpoint import uses_ema
 from training.distributed import barrier, is_main, main_process_first, rank, world_size
 
 
@@ -42,7 +43,8 @@ def reference_set(config, run_root):
 
 def evaluate_run(runner, draw, state, sampling):
     """Export, score and report.  ``draw(size) -> uint8 (size, H, W, C)`` samples with the global RNG (seeded per
-    batch by the export); ``state``: the loaded checkpoint; ``sampling``: the sampler settings, for the record."""
+    batch by the export); ``state``: the loaded checkpoint; ``sampling``: the sampler settings, for the record.
+    ``ema`` in the manifest and metrics.json: whether the samples come from the checkpoint's EMA weights."""
     from evaluation import inception_features, stats_cache_path
     from evaluation.scores import image_scores
     args, cfg, e = runner.args, runner.config, runner.config.eval
@@ -50,7 +52,7 @@ def evaluate_run(runner, draw, state, sampling):
         raise UserError(f"eval.n_samples must be at least 2 to compute FID and KID, got {e.n_samples}")
     folder = Path(args.image_folder)
     settings = {"n_samples": e.n_samples, "batch_size": e.batch_size, "seed": args.seed, "step": state.get("step"),
-                "run": str(Path(args.log)), "sampling": sampling}
+                "ema": uses_ema(state), "run": str(Path(args.log)), "sampling": sampling}
 
     def prepare(main):              # rank 0: weights and folder checked before any sample is drawn
         if not main:
@@ -82,7 +84,8 @@ def evaluate_run(runner, draw, state, sampling):
     cache = stats_cache_path(data_root, cfg.data.dataset, e.reference_split, extractor)
     scores = image_scores(samples, reference, extractor, cache, source, kid_subset_size=e.kid_subset_size)
     metrics = {**scores, "reference": source, "reference_statistics": str(cache), "samples": str(path),
-               "checkpoint_step": state.get("step"), "seed": args.seed, "batch_size": e.batch_size,
+               "checkpoint_step": state.get("step"), "ema": uses_ema(state), "seed": args.seed,
+               "batch_size": e.batch_size,
                "sampling": sampling}
     (folder / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     logging.info("FID %.3f, KID %.5f +- %.5f (%d samples against %d %s images); wrote %s", scores["fid"],

@@ -55,6 +55,7 @@ def test_eval_exports_scores_and_reruns_to_the_same_file(tiny_run, tmp_path, mon
     assert evaluate(tiny_run, out) == 0
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["n_samples"] == 10 and metrics["n_reference"] == 50 and metrics["checkpoint_step"] == 6
+    assert metrics["ema"] is False                                      # a run trained without model.ema
     assert metrics["fid"] > 0 and np.isfinite(metrics["kid"]) and metrics["is"] >= 1      # logits: IS too
     assert metrics["reference"] == "DIGITS/train/8px/1ch/subset50" and not metrics["reference_cached"]
     samples = np.load(out / "samples.npz")["samples"]
@@ -150,3 +151,26 @@ def test_compare_ranks_the_checkpoints_of_a_run(tiny_run, tmp_path):
     table = json.loads((tmp_path / "cmp" / "comparison.json").read_text())
     assert [r["step"] for r in table["rows"]] == [3, 6]
     assert table["best"]["step"] in (3, 6) and (tmp_path / "cmp" / "comparison.png").is_file()
+
+
+def test_eval_uses_and_records_the_ema_weights(tiny_run, tmp_path):
+    """A checkpoint with EMA weights is evaluated with them ("ema": true in metrics.json and the export's manifest,
+    other samples than its raw weights give); an unfinished export of the raw weights is not continued with them."""
+    import shutil
+    from training.checkpoint import load_checkpoint
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run / "run", run)
+    log = run / "logs" / "e"
+    state = load_checkpoint(log / "checkpoint.pth")
+    raw = tmp_path / "raw"
+    assert cli.main(["--eval", "--doc", "e", "--run", str(run), "-o", str(raw)]) == 0
+    torch.save({**state, "ema": {k: v * 0.5 if v.is_floating_point() else v for k, v in state["model"].items()}},
+               log / "checkpoint.pth")
+    out = tmp_path / "ema"
+    assert cli.main(["--eval", "--doc", "e", "--run", str(run), "-o", str(out)]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["ema"] is True and json.loads((out / evaluation.export.MANIFEST).read_text())["ema"] is True
+    assert not np.array_equal(np.load(out / "samples.npz")["samples"], np.load(raw / "samples.npz")["samples"])
+    (raw / "metrics.json").unlink()
+    (raw / "samples.npz").unlink()                       # an unfinished export of the raw weights
+    assert cli.main(["--eval", "--doc", "e", "--run", str(run), "-o", str(raw)]) == 1

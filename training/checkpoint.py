@@ -1,10 +1,12 @@
 """Checkpoints: one format, written atomically, read without executing code from the file.
 
-A checkpoint is a dict ``{version, step, model, optimizer, config, sigmas, rng, streams[, scaler]}`` whose ``model``
-holds the official state-dict keys (no ``module.`` / ``_orig_mod.`` prefix); the official list format
+A checkpoint is a dict ``{version, step, model, optimizer, config, sigmas, rng, streams[, scaler][, ema]}`` whose
+``model`` (and ``ema``, the moving average of the weights with ``model.ema``: training/ema.py) holds the official
+state-dict keys (no ``module.`` / ``_orig_mod.`` prefix); the official list format
 ``[state_dict with 'module.' prefix, optimizer state]`` loads too.
 """
 import io
+import logging
 import os
 import re
 from pathlib import Path
@@ -46,8 +48,9 @@ def atomic_write(path, data):
             tmp.unlink()
 
 
-def save_checkpoint(paths, *, model, optimizer, step, sigmas, config, streams=None, scaler=None):
-    """Serialise the full training state once and write it atomically to every path in ``paths``.
+def save_checkpoint(paths, *, model, optimizer, step, sigmas, config, streams=None, scaler=None, ema=None):
+    """Serialise the full training state once and write it atomically to every path in ``paths`` (with ``ema``, a
+    :class:`training.ema.EMA`, its averaged weights under ``ema``).
 
     A ``checkpoint.pth`` among them is written last, so that it never exists without its numbered snapshot; a
     process killed between two files leaves a complete newer ``checkpoint_{step}.pth`` that
@@ -60,6 +63,8 @@ def save_checkpoint(paths, *, model, optimizer, step, sigmas, config, streams=No
              "streams": {k: stream_state(s) for k, s in (streams or {}).items()}}
     if scaler is not None and scaler.is_enabled():
         state["scaler"] = scaler.state_dict()
+    if ema is not None:
+        state["ema"] = ema.state_dict()
     buf = io.BytesIO()
     torch.save(state, buf)
     for p in sorted(paths, key=lambda p: Path(p).name == "checkpoint.pth"):     # stable: the others keep their order
@@ -99,23 +104,38 @@ def load_checkpoint(path, map_location="cpu"):
     if not isinstance(state, dict) or not isinstance(state.get("model"), dict):
         raise UserError(f"{path} is not an NCSN checkpoint (expected a dict with 'model' or the official list)")
     # the official DataParallel "module." prefix (and a compiled network's "_orig_mod.", should a file carry one)
-    state["model"] = {re.sub(r"^(module\.|_orig_mod\.)+", "", k): v for k, v in state["model"].items()}
+    for key in ("model", "ema"):
+        if isinstance(state.get(key), dict):
+            state[key] = {_bare_key(k): v for k, v in state[key].items()}
     return state
 
 
-def load_model_state(model, state, path):
-    """Strictly load weights; an architecture or config mismatch is one clear error naming the file."""
-    check_model_state(model, state, path)
+def _bare_key(key):
+    return re.sub(r"^(module\.|_orig_mod\.)+", "", key) if isinstance(key, str) else key
+
+
+def load_model_state(model, state, path, key="model"):
+    """Strictly load the weights ``state[key]``; an architecture or config mismatch is one clear error naming the
+    file (and the field, for another key than ``model``)."""
+    check_model_state(model, state, path, key)
     try:
-        unwrap(model).load_state_dict(state["model"])
+        unwrap(model).load_state_dict(state[key])
     except RuntimeError as e:
         detail = " ".join(str(e).split())
-        raise UserError(f"checkpoint {path} does not fit the network of this config: {detail[:300]}") from e
+        raise UserError(f"checkpoint {path}{_field(key)} does not fit the network of this config: "
+                        f"{detail[:300]}") from e
 
 
-def check_model_state(model, state, path):
-    """Raise the UserError of :func:`load_model_state` if the weights do not fit ``model``; changes nothing."""
-    own, saved = unwrap(model).state_dict(), state["model"]
+def _field(key):
+    return "" if key == "model" else f" field '{key}'"
+
+
+def check_model_state(model, state, path, key="model"):
+    """Raise the UserError of :func:`load_model_state` if the weights ``state[key]`` do not fit ``model``; changes
+    nothing."""
+    own, saved = unwrap(model).state_dict(), state[key]
+    if not isinstance(saved, dict):
+        raise UserError(f"checkpoint {path}{_field(key)} must be a dict of tensors, not a {type(saved).__name__}")
     problems = []
     def shape(v):
         return list(v.shape) if isinstance(v, torch.Tensor) else type(v).__name__
@@ -129,13 +149,25 @@ def check_model_state(model, state, path):
                        if kind == "differ in shape" else first)
             problems.append(f"{len(keys)} tensors {kind} (e.g. {example})")
     if problems:
-        raise UserError(f"checkpoint {path} does not fit the network of this config: {'; '.join(problems)}; was it "
-                        f"trained with other model/data settings (ngf, num_classes, channels)?")
+        raise UserError(f"checkpoint {path}{_field(key)} does not fit the network of this config: "
+                        f"{'; '.join(problems)}; was it trained with other model/data settings (ngf, num_classes, "
+                        f"channels)?")
 
 
 def load_trained(model, path, device, eval_mode=True):
-    """``model`` on ``device`` with the weights of the checkpoint at ``path`` (in eval mode); returns (model, state)."""
+    """``model`` on ``device`` with the weights of the checkpoint at ``path`` (in eval mode); returns (model, state).
+
+    The weights are the checkpoint's ``ema`` (the moving average, training/ema.py) when it has them, else its
+    ``model``; which one is logged, and :func:`uses_ema` tells it from the returned state."""
     state = load_checkpoint(path, map_location=device)
     model = model.to(device)
-    load_model_state(model, state, path)
+    key = "ema" if uses_ema(state) else "model"
+    load_model_state(model, state, path, key)
+    logging.info("%s: the %s", path, "EMA weights (the moving average of training, model.ema)" if key == "ema"
+                 else "raw weights (no EMA in the checkpoint)")
     return (model.eval() if eval_mode else model), state
+
+
+def uses_ema(state):
+    """Whether :func:`load_trained` takes a loaded checkpoint's EMA weights (it has an ``ema`` field)."""
+    return state.get("ema") is not None

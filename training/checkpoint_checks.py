@@ -1,5 +1,5 @@
 """Validation of a checkpoint's training state before a resume: every field (step, optimizer, random states, stream
-positions, scaler) is checked against the objects it will be restored into, and a problem is one UserError naming
+positions, scaler, EMA weights) is checked against the objects it will be restored into, and a problem is one UserError naming
 the file and the field.  Nothing is modified here."""
 import math
 
@@ -7,12 +7,14 @@ import torch
 
 from errors import UserError, describe
 from training.checkpoint import check_model_state
+from training.precision import unwrap
 from training.rng import check_rng_state
 
 
 def check_training_state(state, *, model, optimizer, path, streams=None, scaler=None):
     """Raise one UserError naming ``path`` and the field if a checkpoint's training state cannot be restored into
-    these objects (wrong type, structure, shape or range); changes nothing."""
+    these objects (wrong type, structure, shape or range); changes nothing.  The EMA weights (``ema``) are checked
+    whenever the file has them: they are what sampling uses."""
     def bad(field, problem):
         raise UserError(f"cannot resume from {path}: field '{field}' {problem}")
 
@@ -47,6 +49,35 @@ def check_training_state(state, *, model, optimizer, path, streams=None, scaler=
             problem = ("scaler", f"must be a dict, not a {type(state['scaler']).__name__}")
         if problem:
             bad(*problem)
+    if state.get("ema") is not None:
+        problem = _check_ema_state(state["ema"], model)
+        if problem:
+            bad(*problem)
+
+
+def _check_ema_state(saved, model):
+    """The moving average of the weights: a tensor of the network's shape and dtype for each of its state-dict
+    keys, finite."""
+    if not isinstance(saved, dict):
+        return "ema", f"must be a dict of tensors, not a {type(saved).__name__}"
+    own = unwrap(model).state_dict()
+    missing = [k for k in own if k not in saved]
+    if missing:
+        return f"ema.{missing[0]}", f"is missing ({len(missing)} of the network's {len(own)} tensors are)"
+    unexpected = [k for k in saved if k not in own]
+    if unexpected:
+        name = unexpected[0] if isinstance(unexpected[0], str) else describe(unexpected[0])
+        return f"ema.{name}", "belongs to no tensor of this config's network"
+    for k, v in saved.items():
+        mine = own[k]
+        if not isinstance(v, torch.Tensor):
+            return f"ema.{k}", f"must be a tensor, not {describe(v)}"
+        if tuple(v.shape) != tuple(mine.shape) or v.dtype != mine.dtype:
+            return f"ema.{k}", (f"is a {list(v.shape)} {v.dtype} tensor, the network's {list(mine.shape)} "
+                                f"{mine.dtype}")
+        if v.is_floating_point() and not bool(torch.isfinite(v).all()):
+            return f"ema.{k}", "holds non-finite values"
+    return None
 
 
 # per-group hyperparameters: non-negative finite numbers, flags

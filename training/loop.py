@@ -27,8 +27,8 @@ class Objective:
     the training loss is its mean.  test_fn(model, x) -> number, evaluated every ``training.test_freq`` steps on a
     test batch and logged as ``test_name``.  ``sigmas`` (L,) names the noise levels in non-finite reports and goes
     into checkpoints.  ``extra_scalars`` are logged to tensorboard at every step.  ``preview(model, step, writer)``
-    (optional) shows progress every ``training.preview_freq`` steps in the main process; it runs on its own random
-    numbers, so a run with previews trains exactly as one without.
+    (optional) shows progress every ``training.preview_freq`` steps in the main process (with the EMA weights when
+    the setup has an EMA); it runs on its own random numbers, so a run with previews trains exactly as one without.
     """
     loss_fn: Callable
     test_fn: Optional[Callable] = None
@@ -84,7 +84,7 @@ def train_loop(setup, objective):
             if tcfg.keep_snapshots:
                 paths.insert(0, log_dir / f"checkpoint_{step}.pth")
             save_checkpoint(paths, model=model, optimizer=s.optimizer, step=step, sigmas=objective.sigmas,
-                            config=s.config, streams=streams, scaler=s.scaler)
+                            config=s.config, streams=streams, scaler=s.scaler, ema=s.ema)
             dump_config(s.config, log_dir / "config.yml")  # the run's config.yml always describes its checkpoint
         barrier()
 
@@ -107,6 +107,8 @@ def train_loop(setup, objective):
                     raise NonFiniteLoss(_non_finite_message(per_example, labels, objective.sigmas, step, last_saved,
                                                             log_dir))
                 update(s.optimizer, loss, s.scaler)
+                if s.ema is not None:
+                    s.ema.update(model)
 
                 if writer is not None:
                     writer.add_scalar("loss", loss_value, global_step=step)
@@ -129,7 +131,7 @@ def train_loop(setup, objective):
 
                 if objective.preview is not None and tcfg.preview_freq and step % tcfg.preview_freq == 0 \
                         and is_main():
-                    _preview(objective.preview, model, step, writer)
+                    _preview(objective.preview, model if s.ema is None else s.ema.network(model), step, writer)
                 if step % tcfg.snapshot_freq == 0:
                     save(step)
                     last_saved = step

@@ -103,8 +103,10 @@ def _process_alive(pid):
     return True
 
 
-def restore_training_state(state, *, model, optimizer, path, streams=None, scaler=None, config=None):
-    """Load weights, optimizer, random states and stream positions; return the step to continue from.
+def restore_training_state(state, *, model, optimizer, path, streams=None, scaler=None, config=None, ema=None):
+    """Load weights, optimizer, random states, stream positions and (``ema``, a :class:`training.ema.EMA`) the moving
+    average of the weights; return the step to continue from.  A checkpoint without EMA weights (trained without
+    ``model.ema``, or official) starts the average from the restored weights, with one warning.
 
     Every field is checked first (:func:`check_training_state`): a bad one is one UserError naming the file and the
     field, and nothing has been changed.  With ``config`` (this invocation's) and a checkpoint that holds its run's
@@ -146,6 +148,8 @@ def restore_training_state(state, *, model, optimizer, path, streams=None, scale
         s.load_state_dict(saved)
     if scaler is not None and state.get("scaler") is not None:
         scaler.load_state_dict(state["scaler"])
+    _restore_ema(ema, state, model, path, {k: other_changes.pop(k) for k in ("model.ema", "model.ema_rate")
+                                            if k in other_changes})
     if other_changes:
         logging.warning("settings changed since %s take effect from this resume: %s", path,
                         ", ".join(f"{k} {describe(a)} -> {describe(b)}" for k, (a, b) in other_changes.items()))
@@ -153,6 +157,24 @@ def restore_training_state(state, *, model, optimizer, path, streams=None, scale
         logging.warning("%s is an official-format checkpoint without a step; counting steps from 0", path)
         return 0
     return int(state["step"])
+
+
+def _restore_ema(ema, state, model, path, changes):
+    """The EMA continues from the checkpoint's, starts from the restored weights, or (model.ema now off) ends; one
+    warning for the last two, and for a changed model.ema_rate of a continued EMA."""
+    if ema is not None and state.get("ema") is not None:
+        ema.load_state_dict(state["ema"])
+        if "model.ema_rate" in changes:
+            logging.warning("model.ema_rate changed since %s (%s -> %s): the moving average continues at the new "
+                            "rate", path, *map(describe, changes["model.ema_rate"]))
+    elif ema is not None:
+        ema.reset(model)
+        logging.warning("%s holds no EMA weights (%s): the moving average (model.ema_rate %g) starts from the restored "
+                        "weights", path, "model.ema was off" if "model.ema" in changes else "trained without model.ema",
+                        ema.rate)
+    elif state.get("ema") is not None:
+        logging.warning("model.ema is off: the EMA weights of %s are not continued, and the checkpoints from now on "
+                        "hold the raw weights only", path)
 
 
 def _stream_position(name, saved, stream, saved_config, path):

@@ -10,6 +10,7 @@ import torch
 import torch.optim as optim
 
 from errors import ConfigError, UserError
+from training.ema import EMA
 from training.resume import find_resume_checkpoint, remove_stale_temp_files, restore_training_state
 from training.distributed import is_main, rank, world_size
 from training.precision import maybe_compile, resolve_amp
@@ -19,7 +20,8 @@ from training.rng import seed_everything
 @dataclasses.dataclass(frozen=True)
 class TrainSetup:
     """What :func:`training.loop.train_loop` trains with.  ``model`` may be wrapped (DDP); ``writer`` is a
-    tensorboard writer or None (ranks > 0); ``start_step`` is 0 for a new run, the checkpoint's step on resume."""
+    tensorboard writer or None (ranks > 0); ``start_step`` is 0 for a new run, the checkpoint's step on resume;
+    ``ema`` (``model.ema``) is the moving average of the bare network's weights, updated after every step."""
     model: torch.nn.Module
     optimizer: torch.optim.Optimizer
     train_stream: Any
@@ -31,6 +33,7 @@ class TrainSetup:
     start_step: int = 0
     scaler: Optional[torch.amp.GradScaler] = None
     amp: str = "none"           # training.amp resolved for this device ('auto' -> 'bf16' or 'none')
+    ema: Optional[EMA] = None
 
 
 def make_optimizer(params, optim_cfg):
@@ -69,6 +72,9 @@ def setup_training(args, config, device, model, datasets=None):
     logging.info("training precision: %s%s; compute: %s", amp, " (training.amp: auto)" if t.amp == "auto" else "",
                  ", ".join(f"{k} {v}" for k, v in dataclasses.asdict(config.compute).items()))
     scaler = torch.amp.GradScaler(device.type, enabled=amp == "fp16")
+    ema = EMA(model, config.model.ema_rate) if config.model.ema else None
+    if ema is not None:
+        logging.info("keeping an exponential moving average of the weights (model.ema_rate %g)", ema.rate)
     start_step = 0
     if args.resume_training:
         log = Path(args.log)
@@ -78,7 +84,7 @@ def setup_training(args, config, device, model, datasets=None):
         path, state = find_resume_checkpoint(log, map_location=device)
         start_step = restore_training_state(state, model=model, optimizer=optimizer, path=path,
                                             streams={"train": train_stream, "test": test_stream}, scaler=scaler,
-                                            config=config)
+                                            config=config, ema=ema)
         logging.info("resuming from %s at step %d", path, start_step)
         if me:      # the checkpoint holds rank 0's random state: the other ranks draw their own noise again
             seed_everything(args.seed + me + 1_000_003 * start_step)
@@ -95,7 +101,7 @@ def setup_training(args, config, device, model, datasets=None):
             raise UserError(f"cannot write the tensorboard log {args.tb}: {e.strerror or e}") from e
     return TrainSetup(model=model, optimizer=optimizer, train_stream=train_stream, test_stream=test_stream,
                       config=config, log_dir=Path(args.log), writer=writer, device=device, start_step=start_step,
-                      scaler=scaler, amp=amp)
+                      scaler=scaler, amp=amp, ema=ema)
 
 
 def check_writable(folder, what):
