@@ -83,6 +83,7 @@ class Model:
     n_particles: int = 1               # unused official ScoreNet keys, accepted for compatibility
     lam: float = 10.0
     z_dim: int = 100
+    scale_by_sigma: bool = False       # NCSNv2 Technique 3: s(x, sigma_i) = net(x, i) / sigma_i (AnnealRunner)
 
     def __post_init__(self):
         for name in ("sigma_begin", "sigma_end", "num_classes", "ngf", "sigma", "nef", "ndf"):
