@@ -89,6 +89,7 @@ class Model:
     z_dim: int = 100
     ema: bool = False                  # keep an exponential moving average of the weights (NCSNv2; training/ema.py)
     ema_rate: float = 0.999            # shadow = ema_rate * shadow + (1 - ema_rate) * param after every step
+    scale_by_sigma: bool = False       # NCSNv2 Technique 3: s(x, sigma_i) = net(x, i) / sigma_i (AnnealRunner)
 
     def __post_init__(self):
         for name in ("sigma_begin", "sigma_end", "num_classes", "ngf", "sigma", "nef", "ndf"):

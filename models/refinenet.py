@@ -18,6 +18,7 @@ the official code, so official checkpoints load once the DataParallel ``module.`
 """
 from functools import partial
 
+import torch
 from torch import nn
 
 from models.layers import RefineBlock, ResidualBlock, apply_norm
@@ -96,17 +97,30 @@ class CondRefineNetDilated(_RefineNetDilated):
     y (B,) long indices of the noise levels; returns the score estimate, shaped like x.
 
     ``image_size`` is only validated (even, so that the mean-pool downsampling works); forward accepts any even H, W.
+
+    ``sigmas`` (L,) given: the output is divided by ``sigmas[y]`` (NCSNv2's Technique 3, s(x, sigma) = net(x) / sigma;
+    ``model.scale_by_sigma``).  They are a non-persistent buffer, so the state-dict keys stay the official ones.
     """
 
-    def __init__(self, channels, image_size, ngf, num_classes=10, logit_transform=False):
+    def __init__(self, channels, image_size, ngf, num_classes=10, logit_transform=False, sigmas=None):
         if not isinstance(num_classes, int) or num_classes < 1:
             raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
         norm = partial(ConditionalInstanceNorm2dPlus, num_classes=num_classes, bias=True)
         super().__init__(channels, image_size, ngf, norm, logit_transform)
         self.num_classes = num_classes
+        self.scale_by_sigma = sigmas is not None
+        if sigmas is not None:
+            sigmas = torch.as_tensor(sigmas, dtype=torch.float32)
+            if sigmas.shape != (num_classes,):
+                raise ValueError(f"sigmas must have shape ({num_classes},) (one per noise level), got "
+                                 f"{tuple(sigmas.shape)}")
+            self.register_buffer("sigmas", sigmas, persistent=False)
 
     def forward(self, x, y):
-        return self._score(x, y)
+        h = self._score(x, y)
+        if self.scale_by_sigma:
+            h = h / self.sigmas[y].view(-1, *([1] * (h.ndim - 1))).to(h.dtype)
+        return h
 
 
 class RefineNetDilated(_RefineNetDilated):

@@ -54,8 +54,11 @@ class AnnealRunner(Runner):
     @staticmethod
     def build_model(config):
         d, m = config.data, config.model
+        # model.scale_by_sigma: the network divides its output by sigma_y, so training, test losses, sampling, --eval,
+        # --compare and inpainting all see the same s(x, i) = net(x, i) / sigma_i
+        sigmas = make_sigmas(config, None) if m.scale_by_sigma else None
         return CondRefineNetDilated(channels=d.channels, image_size=d.image_size, ngf=m.ngf,
-                                    num_classes=m.num_classes, logit_transform=d.logit_transform)
+                                    num_classes=m.num_classes, logit_transform=d.logit_transform, sigmas=sigmas)
 
     def train(self):
         cfg = self.config

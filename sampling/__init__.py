@@ -4,7 +4,8 @@ Every sampler has ONE signature, ``sampler(score_fn, x, sigmas, *, ..., callback
 conditional ``score_fn(x, labels)`` (labels index ``sigmas``), a ``callback(info)`` that receives
 ``{"i", "x", "level", "sigma"}`` after every update, and a ``project(x, level, sigma)`` hook through which wrappers
 such as :func:`inpainting` constrain the state.  Nothing here reads configs, files, loggers or devices; models/ holds
-the networks, runners/ decides what to keep of a chain.
+the networks, runners/ decides what to keep of a chain.  noise_rules.py: NCSNv2's rules for the noise levels and the
+step size (Techniques 1, 2, 4).
 """
 from sampling.langevin import anneal_langevin_dynamics, inpainting, unconditional
 from sampling.schedules import append_dims, geometric_sigmas
