@@ -48,6 +48,9 @@ def ncsn_objective(config, sigmas):
     return Objective(loss_fn=loss_fn, test_fn=test_fn, test_name="test_dsm_loss", sigmas=sigmas)
 
 
+PROGRESS_NAMES = {"langevin": "annealed Langevin", "pc": "predictor-corrector", "ode": "probability-flow ODE"}
+
+
 class AnnealRunner(Runner):
     distributed = True
 
@@ -139,7 +142,7 @@ class AnnealRunner(Runner):
 
         logging.info("sampling with %s", choice.settings)
         samples = sample_to_folder(run, x, total=choice.total, folder=folder, data_cfg=d,
-                                   sampling_cfg=smp, nrow=nrow, desc=choice.settings["method"].replace("_", " "),
+                                   sampling_cfg=smp, nrow=nrow, desc=PROGRESS_NAMES[smp.method],
                                    name="inpainting" if smp.inpainting else "samples", grid=grid)
         if smp.inpainting:
             errors = {"mask": smp.inpainting_mask, "fraction": smp.inpainting_fraction, "seed": args.seed,

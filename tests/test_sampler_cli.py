@@ -39,6 +39,7 @@ def test_test_with_new_samplers(trained, tmp_path, capfd, sampling):
     assert any(f"'method': '{sampling['method']}'" in line for line in err)
     if sampling["method"] == "ode":
         assert any("ode: " in line and "network evaluations" in line for line in err)
+        assert any("probability-flow ODE" in line for line in err)
 
 
 def test_eval_with_ode_records_nfe_and_bpd(trained, tmp_path, capfd):
