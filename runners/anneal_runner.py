@@ -15,6 +15,7 @@ from evaluation.export import to_uint8_nhwc
 from runners.base import Runner
 from runners.evaluate import evaluate_run
 from runners.outputs import prepare_output_folder, sample_to_folder, write_preview
+from runners.sampler_config import bpd_of_test_set, check_bpd, sampler_from_config
 from sampling import anneal_langevin_dynamics, geometric_sigmas, inpainting
 from sampling.masks import inpainting_mask
 from training.loop import Objective, train_loop
@@ -48,6 +49,9 @@ def ncsn_objective(config, sigmas):
     return Objective(loss_fn=loss_fn, test_fn=test_fn, test_name="test_dsm_loss", sigmas=sigmas)
 
 
+PROGRESS_NAMES = {"langevin": "annealed Langevin", "pc": "predictor-corrector", "ode": "probability-flow ODE"}
+
+
 class AnnealRunner(Runner):
     distributed = True
 
@@ -77,20 +81,32 @@ class AnnealRunner(Runner):
                       step)
 
     def evaluate(self):
-        """--eval: eval.n_samples samples with the run's sampler settings, scored against its data set."""
-        cfg, d, smp = self.config, self.config.data, self.config.sampling
+        """--eval: eval.n_samples samples with the run's sampler settings (sampling.method), scored against its data
+        set; with eval.bpd also bits/dim of test images (metrics.json)."""
+        cfg, d = self.config, self.config.data
+        check_bpd(cfg)
         model, state = self.trained_model(Path(self.args.log) / "checkpoint.pth")
         score = self.score_fn(model)
         sigmas = make_sigmas(cfg, self.device, dtype=torch.float64)
+        choice = sampler_from_config(cfg, len(sigmas))
+        settings = {**choice.settings, "sigmas": [float(v) for v in sigmas]}
+        nfes = []
 
         def draw(size):
-            x = torch.rand(size, d.channels, d.image_size, d.image_size, device=self.device)          # U[0, 1)
-            x = anneal_langevin_dynamics(score, to_layout(x, cfg.compute), sigmas, n_steps_each=smp.n_steps_each, step_lr=smp.step_lr,
-                                         denoise=smp.denoise)
+            shape = (d.channels, d.image_size, d.image_size)
+            last = {}
+            x = choice.sample(score, to_layout(choice.init(size, shape, self.device), cfg.compute), sigmas,
+                              callback=last.update)
+            nfes.append(last.get("nfe"))
+            if cfg.sampling.method == "ode":
+                settings["nfe_per_batch"] = nfes         # recorded after the export's manifest was written
+                logging.info("probability-flow ODE: %s network evaluations for a batch of %d", last.get("nfe"), size)
             return to_uint8_nhwc(inverse_data_transform(x, d))
-        evaluate_run(self, draw, state, {"method": "annealed_langevin", "n_steps_each": smp.n_steps_each,
-                                         "step_lr": smp.step_lr, "denoise": smp.denoise,
-                                         "sigmas": [float(v) for v in sigmas]})
+        metrics = evaluate_run(self, draw, state, settings)
+        if metrics is not None and cfg.eval.bpd:
+            metrics.update(bpd_of_test_set(cfg, model, sigmas, self.args.run, self.args.seed, self.device))
+            path = Path(self.args.image_folder) / "metrics.json"
+            path.write_text(json.dumps(metrics, indent=2) + "\n")
 
     def test(self):
         cfg, args, d, smp = self.config, self.args, self.config.data, self.config.sampling
@@ -101,7 +117,8 @@ class AnnealRunner(Runner):
         nrow = max(1, round(smp.n_samples ** 0.5))
         shape = (d.channels, d.image_size, d.image_size)
 
-        sampler, grid = anneal_langevin_dynamics, None
+        choice = sampler_from_config(cfg, len(sigmas))
+        sampler, grid = choice.sample, None
         if smp.inpainting:
             # each of `nrow` test images is completed `nrow` times where sampling.inpainting_mask hides it (official:
             # the left half of the columns observed); the mask is built without the global random state
@@ -113,7 +130,7 @@ class AnnealRunner(Runner):
             reference = refs.repeat_interleave(nrow, dim=0)                               # (k*k, C, H, W)
             mask = inpainting_mask(smp.inpainting_mask, shape, smp.inpainting_fraction, seed=args.seed)
             mask = mask.to(reference).expand_as(reference)
-            sampler = inpainting(anneal_langevin_dynamics, mask, reference)
+            sampler = inpainting(choice.sample, mask, reference)
             mask_cpu, refs_cpu = mask[0].cpu(), refs.cpu()
             masked = refs_cpu * mask_cpu + 0.5 * (1 - mask_cpu)                           # hidden: mid grey
 
@@ -122,14 +139,18 @@ class AnnealRunner(Runner):
                 return rows.flatten(0, 1), nrow + 2
             grid = inpainting_grid
         n = nrow * nrow if smp.inpainting else smp.n_samples
-        x = to_layout(torch.rand(n, *shape, device=self.device), cfg.compute)             # init U[0, 1)
+        x = to_layout(choice.init(n, shape, self.device), cfg.compute)   # langevin: U[0, 1) (official); pc, ode: the prior
 
         def run(x0, callback):
-            return sampler(score, x0, sigmas, n_steps_each=smp.n_steps_each, step_lr=smp.step_lr,
-                           denoise=smp.denoise, callback=callback)
+            last = {}
+            x = sampler(score, x0, sigmas, callback=lambda info: (last.update(info), callback(info)))
+            if "nfe" in last:
+                logging.info("%s: %s network evaluations", choice.settings["method"], last["nfe"])
+            return x
 
-        samples = sample_to_folder(run, x, total=len(sigmas) * smp.n_steps_each, folder=folder, data_cfg=d,
-                                   sampling_cfg=smp, nrow=nrow, desc="annealed Langevin",
+        logging.info("sampling with %s", choice.settings)
+        samples = sample_to_folder(run, x, total=choice.total, folder=folder, data_cfg=d,
+                                   sampling_cfg=smp, nrow=nrow, desc=PROGRESS_NAMES[smp.method],
                                    name="inpainting" if smp.inpainting else "samples", grid=grid)
         if smp.inpainting:
             errors = {"mask": smp.inpainting_mask, "fraction": smp.inpainting_fraction, "seed": args.seed,
