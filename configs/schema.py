@@ -224,7 +224,8 @@ class Compute:
     """How the network is computed (training/precision.py): layout, kernels, compilation.  None of these changes the
     maths; they change floating-point rounding only (tests/test_speed.py bounds how much)."""
     channels_last: bool = True         # NHWC tensors (faster convolutions and pooling on CPU and CUDA)
-    fused_norm: bool = True            # InstanceNorm++ as one affine pass per (example, channel) (models/normalization.py)
+    fused_norm: bool = True            # InstanceNorm++ as one affine pass where no gradient is taken (sampling, test
+    #                                    losses; models/normalization.py)
     compile: bool = False              # torch.compile the network (the first run compiles for minutes on a CPU; cached)
     compile_mode: str = "default"      # torch.compile's mode; 'reduce-overhead' captures CUDA graphs on CUDA
 

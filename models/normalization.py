@@ -60,8 +60,13 @@ def _instance_norm_plus_fused(x, gamma, alpha, beta):
 
 
 def instance_norm_plus(x, gamma, alpha, beta, fused=False):
-    """InstanceNorm++ of x (B, F, H, W): the official order of operations, or (``fused``) the one-pass affine form."""
-    return (_instance_norm_plus_fused if fused else _instance_norm_plus)(x, gamma, alpha, beta)
+    """InstanceNorm++ of x (B, F, H, W): the official order of operations, or (``fused``) the one-pass affine form
+    where no gradient is taken (sampling, test losses).  Under autograd the official form is kept even when ``fused``:
+    its backward is instance_norm's single kernel, while the affine form's backward is a chain of full-size passes
+    (measured slower in training, README "Speed")."""
+    if fused and not (torch.is_grad_enabled() and x.requires_grad):
+        return _instance_norm_plus_fused(x, gamma, alpha, beta)
+    return _instance_norm_plus(x, gamma, alpha, beta)
 
 
 class ConditionalInstanceNorm2dPlus(nn.Module):

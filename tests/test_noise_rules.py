@@ -200,8 +200,7 @@ def test_the_command_on_mnist_subset(shared, tmp_path, capsys):
 
 V2 = {"digits_v2_t1.yml": {"model": ["sigma_begin"]}, "digits_v2_t2.yml": {"model": ["num_classes"]},
       "digits_v2_t3.yml": {"model": ["scale_by_sigma"]}, "digits_v2_t4.yml": {"sampling": ["step_lr"]},
-      "digits_v2_t5.yml": {"model": ["ema", "ema_rate"]},
-      "digits_v2_all.yml": {"model": ["sigma_begin", "num_classes", "scale_by_sigma", "ema", "ema_rate"],
+      "digits_v2_all.yml": {"model": ["sigma_begin", "num_classes", "scale_by_sigma"],
                             "sampling": ["step_lr", "denoise"]}}
 
 

@@ -13,7 +13,7 @@ import torch
 
 import main as cli
 from configs import config_from_dict
-from conftest import tiny_digits_config
+from conftest import REPO, tiny_digits_config
 from losses import anneal_dsm_score_estimation
 from models import CondRefineNetDilated
 from runners.anneal_runner import AnnealRunner, make_sigmas, ncsn_objective
@@ -164,3 +164,22 @@ def test_compiled_sampling_through_the_cli(tmp_path, write_config, monkeypatch):
     samples = torch.load(tmp_path / "out" / "samples.pth", weights_only=True)
     assert samples.shape == (4, 1, 8, 8) and torch.isfinite(samples).all()
     assert any((run / "cache" / "inductor").rglob("*")), "no compiled kernels cached"
+
+
+def test_benchmark_runs_and_reports_ratios_to_the_faithful_path(tmp_path, monkeypatch):
+    """benchmarks/bench.py --quick on the digits config: the faithful row first (ratio 1), the defaults beside it,
+    FLOP rates below 10x the measured peak, and a JSON a reader can check."""
+    import json
+    import sys
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import bench
+    out = tmp_path / "bench.json"
+    monkeypatch.setattr(sys, "argv", ["bench.py", "--settings", "digits", "--quick", "--reps", "1",
+                                      "--json", str(out)])
+    bench.main()
+    result = json.loads(out.read_text())
+    rows = [r for r in result["rows"] if r["what"].startswith("train step")]
+    assert rows[0]["variant"].startswith("faithful") and rows[0]["speedup"] == 1.0
+    assert any(r["variant"] == "shipped defaults" for r in rows)
+    peak = result["matmul_peak_gflops"]["fp32"]
+    assert peak > 0 and all(0 < r["gflops"] < 10 * peak for r in rows)
