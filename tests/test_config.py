@@ -43,7 +43,7 @@ def test_official_anneal_yml_keeps_the_official_values():
 
 
 @pytest.mark.parametrize("raw, message", [
-    ({"trainig": {}}, r"^unknown config key trainig \(allowed in the top level: data, eval, model, optim, sampling, "
+    ({"trainig": {}}, r"^unknown config key trainig \(allowed in the top level: compute, data, eval, model, optim, sampling, "
                       r"toy, training\)$"),
     ({"training": {"batchsize": 3}}, r"^unknown config key training\.batchsize \(allowed in training: .*batch_size"),
     ({"model": {"n gf": 3}}, r"^unknown config key model\.'n gf' \(allowed in model: "),
