@@ -112,15 +112,15 @@ def setting_config(name, batch, compute, amp):
                              "sampling": {"amp": amp}, "compute": compute})
 
 
-def build(config, device):
+def build(config, device, training=False):
     """The network as Runner.new_model / trained_model build it (layout, kernels, compilation of ``compute``)."""
     torch.manual_seed(0)
-    model = prepare_model(AnnealRunner.build_model(config).to(device), config.compute)
+    model = prepare_model(AnnealRunner.build_model(config).to(device), config.compute, training=training)
     return model, maybe_compile(model, config.compute)
 
 
 def train_step_fn(config, device):
-    model, net = build(config, device)
+    model, net = build(config, device, training=True)
     opt = make_optimizer(model.parameters(), config.optim)
     objective = ncsn_objective(config, make_sigmas(config, device))
     d = config.data

@@ -62,7 +62,7 @@ class Runner:
             if model is None:
                 _check_fits(self.config, self.build_model, self.device, name, copies=4 if training else 1)
                 model = self.build_model(self.config)
-            return prepare_model(model.to(self.device), self.config.compute)
+            return prepare_model(model.to(self.device), self.config.compute, training=training)
         except (RuntimeError, MemoryError) as e:
             if not is_allocation_error(e):
                 raise
