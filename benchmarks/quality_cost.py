@@ -37,7 +37,7 @@ BOTH, EMA = ("ema", "raw"), ("ema",)
 COMBOS = [("langevin", "Langevin T=10", "langevin", {"n_steps_each": 10}, False, EMA),
           ("langevin", "Langevin T=30", "langevin", {"n_steps_each": 30}, False, EMA),
           ("langevin", "Langevin T=100", "langevin", LANGEVIN, False, BOTH),
-          ("langevin", "Langevin T=100", "langevin", LANGEVIN, True, BOTH),
+          ("langevin", "Langevin T=100", "langevin", LANGEVIN, True, EMA),
           ("pc", "PC (RD + Langevin, 1 step)", "pc", PC1, False, BOTH),
           ("pc", "PC (RD + Langevin, 1 step)", "pc", PC1, True, EMA),
           ("pc", "PC (RD + Langevin, 5 steps)", "pc", {**PC1, "n_steps_each": 5}, False, EMA),

@@ -223,7 +223,8 @@ class Eval:
 class Compute:
     """How the network is computed (training/precision.py): layout, kernels, compilation.  None of these changes the
     maths; they change floating-point rounding only (tests/test_speed.py bounds how much)."""
-    channels_last: bool = True         # NHWC tensors (faster convolutions and pooling on CPU and CUDA)
+    channels_last: bool = True         # NHWC tensors for sampling and evaluation, and training on CUDA (a CPU training
+    #                                    network stays NCHW: measured faster there; training/precision.py)
     fused_norm: bool = True            # InstanceNorm++ as one affine pass where no gradient is taken (sampling, test
     #                                    losses; models/normalization.py)
     compile: bool = False              # torch.compile the network (the first run compiles for minutes on a CPU; cached)
