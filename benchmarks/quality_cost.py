@@ -1,14 +1,17 @@
-"""Sample quality against cost: FID/KID against network evaluations per sample, for every sampler of sampling/
-(annealed Langevin at several T, predictor-corrector, the probability-flow ODE), with the raw and the EMA weights of a
-trained run, with and without the final denoising step (the combinations of COMBOS).
+"""Sample quality against cost: a quality score against network evaluations per sample, for every sampler of
+sampling/ (annealed Langevin at several T, predictor-corrector, the probability-flow ODE), with and without the final
+denoising step (the combinations of COMBOS), for a trained run of AnnealRunner (images: FID/KID) or ToyRunner (2-D:
+MMD to the data and the mode-weight error of paper Figure 3).
 
-    python benchmarks/quality_cost.py --doc digits_v2 [--run run] [--n 100] [--json quality_cost.json]
+    python benchmarks/quality_cost.py --doc digits [--run run] [--n 100] [--json quality_cost.json]
                                       [--plot assets/quality_cost.png]
 
-Every combination draws ``--n`` samples from the same seed and is scored exactly as ``--eval`` scores (the run's
-reference set and cached Inception statistics, evaluation.scores.image_scores).  "NFE" is the number of network
-evaluations per sample (the ODE's interpolated score evaluates two levels per call: counted as two).
-The run must have EMA weights for the EMA rows (``model.ema: true``); without them only the raw rows are drawn.
+Every combination draws ``--n`` samples from the same seed.  Images are scored exactly as ``--eval`` scores (the
+run's reference set and cached Inception statistics, evaluation.scores.image_scores), with the run's EMA and raw
+weights (``model.ema: true``; without EMA only the raw rows are drawn).  A toy run is scored with the learned NCSN and
+with the exact score of the perturbed mixture (what the learned one should reach), against fresh i.i.d. data
+(evaluation.toy_metrics.mode_metrics).  "NFE" is the number of network evaluations per sample (the ODE's interpolated
+score evaluates two levels per call: counted as two).
 """
 import argparse
 import json
@@ -21,27 +24,23 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from configs import load_config  # noqa: E402
-from datasets import inverse_data_transform  # noqa: E402
-from evaluation.export import to_uint8_nhwc  # noqa: E402
-from runners.anneal_runner import AnnealRunner, make_sigmas  # noqa: E402
-from runners.evaluate import reference_set  # noqa: E402
-from sampling import SAMPLERS, initial_state  # noqa: E402
+from sampling import SAMPLERS, geometric_sigmas, initial_state  # noqa: E402
 from training.checkpoint import load_checkpoint  # noqa: E402
-from training.precision import prepare_model, score_function, to_layout  # noqa: E402
 
-# (family, label, method, sampler keyword arguments, denoise, weights); the raw weights only where they answer a
-# question (does EMA help at the paper's sampler, at PC, at the ODE), to keep the run near ten minutes on a CPU
+# (family, label, method, sampler keyword arguments, denoise, weights): "both" draws the run's main weights (EMA;
+# the toy's learned NCSN) and the other ones (raw; the toy's exact score), "main" the main ones only; the raw
+# weights only where they answer a question (does EMA help at the paper's sampler, at PC, at the ODE), to keep an
+# image run near ten minutes on a CPU
 LANGEVIN, PC1 = {"n_steps_each": 100}, {"predictor": "reverse_diffusion", "corrector": "langevin", "n_steps_each": 1}
 ODE = {"method": "dopri5", "rtol": 1e-3, "atol": 1e-3}
-BOTH, EMA = ("ema", "raw"), ("ema",)
-COMBOS = [("langevin", "Langevin T=10", "langevin", {"n_steps_each": 10}, False, EMA),
-          ("langevin", "Langevin T=30", "langevin", {"n_steps_each": 30}, False, EMA),
-          ("langevin", "Langevin T=100", "langevin", LANGEVIN, False, BOTH),
-          ("langevin", "Langevin T=100", "langevin", LANGEVIN, True, EMA),
-          ("pc", "PC (RD + Langevin, 1 step)", "pc", PC1, False, BOTH),
-          ("pc", "PC (RD + Langevin, 1 step)", "pc", PC1, True, EMA),
-          ("pc", "PC (RD + Langevin, 5 steps)", "pc", {**PC1, "n_steps_each": 5}, False, EMA),
-          ("ode", "ODE (dopri5, tol 1e-3)", "ode", ODE, False, BOTH)]
+COMBOS = [("langevin", "Langevin T=10", "langevin", {"n_steps_each": 10}, False, "main"),
+          ("langevin", "Langevin T=30", "langevin", {"n_steps_each": 30}, False, "main"),
+          ("langevin", "Langevin T=100", "langevin", LANGEVIN, False, "both"),
+          ("langevin", "Langevin T=100", "langevin", LANGEVIN, True, "main"),
+          ("pc", "PC (RD + Langevin, 1 step)", "pc", PC1, False, "both"),
+          ("pc", "PC (RD + Langevin, 1 step)", "pc", PC1, True, "main"),
+          ("pc", "PC (RD + Langevin, 5 steps)", "pc", {**PC1, "n_steps_each": 5}, False, "main"),
+          ("ode", "ODE (dopri5, tol 1e-3)", "ode", ODE, False, "both")]
 
 
 class Counted:
@@ -55,95 +54,186 @@ class Counted:
         return self.score(x, labels)
 
 
-def networks(cfg, state, device):
-    out = {}
-    for name, key in (("raw", "model"), ("ema", "ema")):
-        if state.get(key) is None:
-            continue
-        net = prepare_model(AnnealRunner.build_model(cfg).to(device), cfg.compute)
-        net.load_state_dict(state[key])
-        out[name] = net.eval()
-    return out
+class ImageProblem:
+    """An AnnealRunner run: its EMA and raw networks, its samplers' start, FID/KID as ``--eval`` computes them."""
+    metric, metric_label, weight_names = "fid", "FID (lower is better)", {"ema": "EMA weights", "raw": "raw weights"}
+
+    def __init__(self, cfg, log, run, device):
+        from evaluation import inception_features, stats_cache_path
+        from runners.anneal_runner import AnnealRunner, make_sigmas
+        from runners.evaluate import reference_set
+        from training.precision import prepare_model, score_function
+        self.cfg, self.device, d = cfg, device, cfg.data
+        state = load_checkpoint(log / "checkpoint.pth", map_location=device)
+        self.step = state.get("step")
+        self.scores = {}
+        for name, key in (("ema", "ema"), ("raw", "model")):
+            if state.get(key) is not None:
+                net = prepare_model(AnnealRunner.build_model(cfg).to(device), cfg.compute)
+                net.load_state_dict(state[key])
+                self.scores[name] = score_function(net.eval(), device, cfg.sampling.amp, cfg.compute, d.image_size)
+        self.sigmas = make_sigmas(cfg, device, dtype=torch.float64)
+        self.step_lr, self.default_n, self.baselines = cfg.sampling.step_lr, 100, {}
+        self.extractor = inception_features(weights=cfg.eval.inception_weights, allow_download=cfg.eval.allow_download,
+                                            device=str(device))
+        self.reference, self.source = reference_set(cfg, run)
+        data_root = Path(d.root).expanduser() if d.root else Path(run) / "datasets"
+        self.cache = stats_cache_path(data_root, d.dataset, cfg.eval.reference_split, self.extractor)
+
+    def weights(self, which):
+        main = "ema" if "ema" in self.scores else "raw"
+        return [main] + (["raw"] if which == "both" and main == "ema" else [])
+
+    def start(self, method, n):
+        from training.precision import to_layout
+        d = self.cfg.data
+        x = initial_state(method, (n, d.channels, d.image_size, d.image_size), self.cfg.model.sigma_begin,
+                          logit_transform=d.logit_transform, device=self.device)
+        return to_layout(x, self.cfg.compute)
+
+    def score_samples(self, x):
+        from datasets import inverse_data_transform
+        from evaluation.export import to_uint8_nhwc
+        from evaluation.scores import image_scores
+        s = image_scores(to_uint8_nhwc(inverse_data_transform(x, self.cfg.data)), self.reference, self.extractor,
+                         self.cache, self.source, kid_subset_size=self.cfg.eval.kid_subset_size)
+        return {"fid": s["fid"], "kid": s["kid"], "kid_std": s["kid_std"]}
 
 
-def draw(cfg, net, device, method, kwargs, denoise, n, seed):
-    d, smp = cfg.data, cfg.sampling
-    sigmas = make_sigmas(cfg, device, dtype=torch.float64)
-    score = Counted(score_function(net, device, smp.amp, cfg.compute, d.image_size))
+class ToyProblem:
+    """A ToyRunner run: its learned NCSN and the exact score, chains started as the ToyRunner starts them (Langevin
+    from U[-bound, bound]^2) or from the prior N(0, sigma_1^2 I), MMD^2 and mode-weight error against i.i.d. data."""
+    metric, metric_label = "mmd2", "MMD$^2$ to i.i.d. data (lower is better)"
+    weight_names = {"learned": "learned NCSN", "exact": "exact score"}
+
+    def __init__(self, cfg, log, device):
+        from datasets.toy import toy_distribution
+        from models import ToyNCSN
+        from training.checkpoint import load_trained
+        t = cfg.toy
+        if device.type == "cpu":
+            torch.set_num_threads(1)        # as ToyRunner: more threads only slow these tiny 2-D batches down
+        self.cfg, self.device, self.toy = cfg, device, t
+        self.dist = toy_distribution(t)
+        self.sigmas = geometric_sigmas(t.sigma_begin, t.sigma_end, t.num_sigmas, device=device)
+        ncsn, state = load_trained(ToyNCSN(self.sigmas, t.hidden), log / "ncsn" / "checkpoint.pth", device)
+        self.step = state.get("step")
+        dist, sigmas = self.dist, self.sigmas
+        self.scores = {"learned": ncsn, "exact": lambda x, labels: dist.score(x, sigmas[labels][:, None])}
+        self.step_lr, self.default_n = t.langevin_lr / 2, t.n_samples      # as ToyRunner.sample_all
+        seed = cfg.toy.seed if cfg.toy.seed is not None else 0
+        self.reference = dist.sample(t.n_samples, generator=torch.Generator().manual_seed(seed + 99))
+        self.source = f"{t.n_samples} i.i.d. samples of {dist.name}"
+        # what every sampler without denoising aims at: p_{sigma_L}, the data blurred by the smallest level
+        g = torch.Generator().manual_seed(seed + 98)
+        blurred = dist.sample(t.n_samples, generator=g)
+        blurred = blurred + t.sigma_end * torch.randn(blurred.shape, generator=g)
+        self.baselines = {"i.i.d. samples of p_sigma_L (no sampler)": self.score_samples(blurred)}
+
+    def weights(self, which):
+        return ["learned", "exact"]
+
+    def start(self, method, n):
+        if method == "langevin":
+            return (torch.rand(n, 2, device=self.device) * 2 - 1) * self.toy.bound
+        return self.toy.sigma_begin * torch.randn(n, 2, device=self.device)     # the toy data are centred at 0
+
+    def score_samples(self, x):
+        from evaluation.toy_metrics import mode_metrics
+        m = mode_metrics(self.dist, x.detach().cpu(), self.reference)
+        return {"mmd2": m["mmd2"], "weight_tv": m["weight_tv"], "mode_weights": m["mode_weights"]}
+
+
+def load_problem(run, doc, device):
+    log = Path(run) / "logs" / doc
+    if not (log / "config.yml").is_file():
+        raise SystemExit(f"error: no trained run {log} (no config.yml); train it first, or pass --run/--doc")
+    cfg = load_config(log / "config.yml")
+    return ToyProblem(cfg, log, device) if (log / "ncsn").is_dir() else ImageProblem(cfg, log, run, device)
+
+
+def draw(problem, score, method, kwargs, denoise, n, seed):
+    """``n`` samples of one combination from ``seed``, and the network evaluations per sample."""
+    counted = Counted(score)
     torch.manual_seed(seed)
-    x = initial_state(method, (n, d.channels, d.image_size, d.image_size), cfg.model.sigma_begin,
-                      logit_transform=d.logit_transform, device=device)
-    extra = {"step_lr": smp.step_lr} if method == "langevin" else {}
+    x = problem.start(method, n)
+    extra = {"step_lr": problem.step_lr} if method == "langevin" else {}
     if method == "pc":
-        extra = {"snr": smp.snr}
-    x = SAMPLERS[method](score, to_layout(x, cfg.compute), sigmas, denoise=denoise, **kwargs, **extra)
-    return to_uint8_nhwc(inverse_data_transform(x, d)), score.examples / n
+        extra = {"snr": problem.cfg.sampling.snr}
+    with torch.no_grad():
+        x = SAMPLERS[method](counted, x, problem.sigmas, denoise=denoise, **kwargs, **extra)
+    return x, counted.examples / n
 
 
 def main():
-    from evaluation import inception_features, stats_cache_path
-    from evaluation.scores import image_scores
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--doc", required=True)
     p.add_argument("--run", default="run")
-    p.add_argument("--n", type=int, default=100, help="samples per combination")
+    p.add_argument("--n", type=int, default=None, help="samples per combination (default 100; a toy: toy.n_samples)")
     p.add_argument("--seed", type=int, default=1234)
     p.add_argument("--json", default="quality_cost.json")
     p.add_argument("--plot", default=None)
     args = p.parse_args()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    log = Path(args.run) / "logs" / args.doc
-    cfg = load_config(log / "config.yml")
-    state = load_checkpoint(log / "checkpoint.pth", map_location=device)
-    nets = networks(cfg, state, device)
-    extractor = inception_features(weights=cfg.eval.inception_weights, allow_download=cfg.eval.allow_download,
-                                   device=str(device))
-    reference, source = reference_set(cfg, args.run)
-    data_root = Path(cfg.data.root).expanduser() if cfg.data.root else Path(args.run) / "datasets"
-    cache = stats_cache_path(data_root, cfg.data.dataset, cfg.eval.reference_split, extractor)
+    problem = load_problem(args.run, args.doc, device)
+    n = args.n or problem.default_n
     rows = []
     for family, label, method, kwargs, denoise, which in COMBOS:
-        for weights in which:
-            if weights in nets:
-                net = nets[weights]
-                start = time.perf_counter()
-                samples, nfe = draw(cfg, net, device, method, kwargs, denoise, args.n, args.seed)
-                scores = image_scores(samples, reference, extractor, cache, source,
-                                      kid_subset_size=cfg.eval.kid_subset_size)
-                rows.append({"family": family, "sampler": label, "weights": weights, "denoise": denoise,
-                             "nfe": nfe, "fid": scores["fid"], "kid": scores["kid"], "kid_std": scores["kid_std"],
-                             "seconds": time.perf_counter() - start})
-                print(json.dumps(rows[-1]), flush=True)
-    result = {"run": str(log), "step": state.get("step"), "n": args.n, "seed": args.seed, "reference": source,
-              "rows": rows}
+        for weights in problem.weights(which):
+            start = time.perf_counter()
+            x, nfe = draw(problem, problem.scores[weights], method, kwargs, denoise, n, args.seed)
+            rows.append({"family": family, "sampler": label, "weights": weights, "denoise": denoise, "nfe": nfe,
+                         **problem.score_samples(x), "seconds": time.perf_counter() - start})
+            print(json.dumps(rows[-1]), flush=True)
+    result = {"run": f"{Path(args.run).name}/logs/{args.doc}", "step": problem.step, "n": n, "seed": args.seed,
+              "reference": problem.source, "rows": rows, "baselines": problem.baselines}
     Path(args.json).write_text(json.dumps(result, indent=1))
-    print("\n| sampler | weights | denoise | NFE / sample | FID | KID (x1e3) | seconds |\n|---|---|---|---:|---:|---:|---:|")
-    for r in sorted(rows, key=lambda r: r["fid"]):
-        print(f"| {r['sampler']} | {r['weights']} | {'yes' if r['denoise'] else 'no'} | {r['nfe']:.0f} | "
-              f"{r['fid']:.1f} | {1e3 * r['kid']:.2f} +- {1e3 * r['kid_std']:.2f} | {r['seconds']:.0f} |")
+    print(table(rows, problem.metric))
+    for label, values in problem.baselines.items():
+        print(f"{label}: " + ", ".join(f"{k} {v}" for k, v in values.items()))
     if args.plot:
-        plot(rows, args.plot, f"{args.doc}: {args.n} samples vs {source}")
+        plot(rows, args.plot, f"{args.doc}: {n} samples vs {problem.source}", problem)
 
 
-def plot(rows, path, title):
+def table(rows, metric):
+    """The rows as a markdown table, best first."""
+    if metric == "fid":
+        head = "| sampler | weights | denoise | NFE / sample | FID | KID (x1e3) | seconds |\n|---|---|---|---:|---:|---:|---:|"
+        cells = lambda r: f"{r['fid']:.1f} | {1e3 * r['kid']:.2f} +- {1e3 * r['kid_std']:.2f}"      # noqa: E731
+    else:
+        head = ("| sampler | score | denoise | NFE / sample | MMD^2 (x1e3) | mode-weight error | seconds |\n"
+                "|---|---|---|---:|---:|---:|---:|")
+        cells = lambda r: f"{1e3 * r['mmd2']:.2f} | {r['weight_tv']:.3f}"                          # noqa: E731
+    lines = [f"| {r['sampler']} | {r['weights']} | {'yes' if r['denoise'] else 'no'} | {r['nfe']:.0f} | {cells(r)} | "
+             f"{r['seconds']:.0f} |" for r in sorted(rows, key=lambda r: r[metric])]
+    return "\n" + head + "\n" + "\n".join(lines)
+
+
+def plot(rows, path, title, problem):
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     fig, ax = plt.subplots(figsize=(7, 4.5))
     colours = {"langevin": "tab:blue", "pc": "tab:orange", "ode": "tab:green"}
+    main, other = list(problem.weight_names)
     for r in rows:
-        ema = r["weights"] == "ema"
-        ax.scatter(r["nfe"], r["fid"], c=colours[r["family"]], marker="o" if ema else "x",
-                   s=60 if r["denoise"] else 30, edgecolors="k" if r["denoise"] and ema else None,
-                   linewidths=2 if r["denoise"] and not ema else None)
+        first = r["weights"] == main
+        ax.scatter(r["nfe"], r[problem.metric], c=colours[r["family"]], marker="o" if first else "x",
+                   s=60 if r["denoise"] else 30, edgecolors="k" if r["denoise"] and first else None,
+                   linewidths=2 if r["denoise"] and not first else None)
     for family, colour in colours.items():
         ax.scatter([], [], c=colour, label=family)
-    ax.scatter([], [], c="grey", marker="o", label="EMA weights")
-    ax.scatter([], [], c="grey", marker="x", label="raw weights")
+    ax.scatter([], [], c="grey", marker="o", label=problem.weight_names[main])
+    ax.scatter([], [], c="grey", marker="x", label=problem.weight_names[other])
     ax.scatter([], [], c="grey", s=60, edgecolors="k", label="with denoising")
+    for label, values in problem.baselines.items():
+        ax.axhline(values[problem.metric], color="grey", linestyle="--", linewidth=1, label=label)
     ax.set_xscale("log")
+    if problem.metric == "mmd2":        # an unbiased MMD^2 can be slightly negative: then a linear scale near 0
+        values = [r["mmd2"] for r in rows] + [v["mmd2"] for v in problem.baselines.values()]
+        ax.set_yscale("log") if min(values) > 0 else ax.set_yscale("symlog", linthresh=1e-3)
     ax.set_xlabel("network evaluations per sample")
-    ax.set_ylabel("FID (lower is better)")
+    ax.set_ylabel(problem.metric_label)
     ax.set_title(title, fontsize=9)
     ax.legend(fontsize=8)
     fig.tight_layout()
