@@ -427,3 +427,17 @@ def test_any_repeated_yaml_key_is_refused_at_its_line(tmp_path, text_and_line):
             check_config_or_config_error(load_config, path)
         except ConfigError as e:                                    # pragma: no cover - the check returns None
             raise AssertionError(e)
+
+
+def test_mnist_small_differs_from_the_official_mnist_config_only_where_it_says():
+    """mnist_small.yml (the CPU-sized quality-against-cost model) is anneal.yml with a smaller network, batch and run,
+    EMA, no DataLoader workers, and the quick --eval settings: every other value is the official one."""
+    import dataclasses
+    small, official = load_config(CONFIG_DIR / "mnist_small.yml"), load_config(CONFIG_DIR / "anneal.yml")
+    changed = {}
+    for section in ("training", "data", "model", "optim", "sampling", "compute"):
+        a, b = dataclasses.asdict(getattr(small, section)), dataclasses.asdict(getattr(official, section))
+        changed.update({f"{section}.{k}": v for k, v in a.items() if b[k] != v})
+    assert changed == {"training.batch_size": 64, "training.n_iters": 2000, "training.snapshot_freq": 1000,
+                       "training.num_workers": 0, "training.log_freq": 100, "model.ngf": 16, "model.ema": True,
+                       "model.ema_rate": 0.99}
