@@ -200,6 +200,7 @@ CORRUPTIONS = [
     (("optimizer", "param_groups", 0, "params"), [0], r"optimizer.param_groups\[0\].params"),
     (("optimizer", "param_groups", 0, "lr"), "fast", r"optimizer.param_groups\[0\].lr"),
     (("optimizer", "param_groups", 0, "betas"), (0.9,), r"optimizer.param_groups\[0\].betas"),
+    (("optimizer", "param_groups", 0, "eps"), 2 ** 64, r"optimizer.param_groups\[0\].eps"),   # no int64: found by the fuzz test
     (("optimizer", "state", 0, "exp_avg"), torch.zeros(3), r"optimizer.state\[0\].exp_avg"),
     (("optimizer", "state", 0, "exp_avg_sq"), DELETE, r"optimizer.state\[0\].exp_avg_sq"),
     (("optimizer", "state", 0, "exp_avg_sq"), -torch.ones(2, 2), r"optimizer.state\[0\].exp_avg_sq"),

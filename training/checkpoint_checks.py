@@ -117,8 +117,8 @@ def _check_optimizer_state(saved, optimizer):
                 return f"{field}.{key}", (f"is missing (does the file hold the state of another optimizer than "
                                           f"{type(optimizer).__name__}?)")
             v = g[key]
-            if key in _GROUP_NUMBERS:
-                ok = is_number(v) and math.isfinite(v) and v >= 0
+            if key in _GROUP_NUMBERS:       # an int must fit the int64 that torch's kernels take it as
+                ok = is_number(v) and math.isfinite(v) and v >= 0 and (isinstance(v, float) or v < 2 ** 63)
             elif key == "betas":
                 ok = isinstance(v, (list, tuple)) and len(v) == 2 and all(is_number(b) and 0 <= b < 1 for b in v)
             else:
