@@ -7,7 +7,7 @@ from pathlib import Path
 
 import yaml
 
-from configs.schema import key_name, config_from_dict
+from configs.build import config_from_dict, key_name
 from errors import ConfigError
 
 CONFIG_DIR = Path(__file__).resolve().parent

@@ -8,7 +8,7 @@ import torch
 
 import main as cli
 from conftest import main_in_process, tiny_digits_config, write_yaml
-from configs.schema import config_from_dict
+from configs.build import config_from_dict
 from errors import ConfigError
 from test_eval_cli import StandInInception
 
