@@ -118,15 +118,14 @@ class ToyProblem:
         self.sigmas = geometric_sigmas(t.sigma_begin, t.sigma_end, t.num_sigmas, device=device)
         ncsn, state = load_trained(ToyNCSN(self.sigmas, t.hidden), log / "ncsn" / "checkpoint.pth", device)
         self.step = state.get("step")
-        dist, sigmas = self.dist, self.sigmas
-        self.scores = {"learned": ncsn, "exact": lambda x, labels: dist.score(x, sigmas[labels][:, None])}
+        self.scores = {"learned": ncsn, "exact": self.dist.level_score(self.sigmas)}
         self.step_lr, self.default_n = t.langevin_lr / 2, t.n_samples      # as ToyRunner.sample_all
         seed = cfg.toy.seed if cfg.toy.seed is not None else 0
-        self.reference = dist.sample(t.n_samples, generator=torch.Generator().manual_seed(seed + 99))
-        self.source = f"{t.n_samples} i.i.d. samples of {dist.name}"
+        self.reference = self.dist.sample(t.n_samples, generator=torch.Generator().manual_seed(seed + 99))
+        self.source = f"{t.n_samples} i.i.d. samples of {self.dist.name}"
         # what every sampler without denoising aims at: p_{sigma_L}, the data blurred by the smallest level
         g = torch.Generator().manual_seed(seed + 98)
-        blurred = dist.sample(t.n_samples, generator=g)
+        blurred = self.dist.sample(t.n_samples, generator=g)
         blurred = blurred + t.sigma_end * torch.randn(blurred.shape, generator=g)
         self.baselines = {"i.i.d. samples of p_sigma_L (no sampler)": self.score_samples(blurred)}
 

@@ -62,6 +62,11 @@ class GaussianMixture:
         mean = r @ self.means.to(r.device)                                   # (N, 2): E[mu_k | x]
         return ((mean - x.to(torch.float64)) / var).to(x.dtype)
 
+    def level_score(self, sigmas):
+        """The exact noise-conditional score ``score(x, labels)`` on the levels ``sigmas`` (one level per example, as
+        a learned NCSN takes them): what a perfectly trained NCSN of this distribution computes."""
+        return lambda x, labels: self.score(x, sigmas[labels][:, None])
+
     def nearest_mode(self, x):
         """Index of the nearest mean for each row of x (N, 2).  Returns (N,) long."""
         return torch.cdist(x.to(torch.float64), self.means.to(x.device)).argmin(dim=1)

@@ -109,7 +109,7 @@ class ToyRunner(Runner):
         t, dist, sigmas = self.toy, self.dist, self.sigmas
         step_lr = t.langevin_lr / 2        # paper form x += lr/2 s + sqrt(lr) z  ==  sampling/langevin.py with a = lr/2
         x0 = (torch.rand(t.n_samples, 2, device=self.device) * 2 - 1) * t.bound
-        exact = lambda x, labels: dist.score(x, sigmas[labels[0]])                      # noqa: E731
+        exact = dist.level_score(sigmas)
         plain = dict(n_steps_each=t.langevin_steps, step_lr=step_lr)      # plain Langevin: one level, data's score
         annealed = dict(n_steps_each=t.n_steps_each, step_lr=step_lr)
         out = {"iid": dist.sample(t.n_samples).to(self.device),

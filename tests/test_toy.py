@@ -229,3 +229,14 @@ def test_main_toy_runner_end_to_end(tmp_path, write_config):
     assert res.returncode == 0, res.stderr[-2000:]
     check_figures(tmp_path / "out", 6)
     assert json.loads((tmp_path / "out" / "metrics.json").read_text()) == metrics
+
+
+def test_level_score_takes_one_level_per_example():
+    """The exact noise-conditional score: each example at its own level (the ODE sampler's interpolated score batches
+    two levels), equal to the score of p_sigma at that level."""
+    d, sigmas = two_gaussians(), torch.tensor([20.0, 5.0, 1.0])
+    x, labels = torch.randn(6, 2) * 4, torch.tensor([0, 1, 2, 2, 1, 0])
+    got = d.level_score(sigmas)(x, labels)
+    want = torch.stack([d.score(x[i:i + 1], float(sigmas[labels[i]]))[0] for i in range(6)])
+    assert torch.allclose(got, want, rtol=1e-6, atol=0)
+    assert not torch.allclose(got, d.score(x, float(sigmas[0])))                # the levels do matter
