@@ -45,7 +45,7 @@ SETTINGS = {   # name: (channels, image_size, ngf, train batch on CUDA, on CPU, 
 
 def sync(device):
     if device.type == "cuda":
-        torch.cuda.synchronize()
+        torch.cuda.synchronize(device)
 
 
 def reset_peak(device):

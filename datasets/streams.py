@@ -99,4 +99,4 @@ class FreshSamples:
         return {"generator": self.generator.get_state()}
 
     def load_state_dict(self, state):
-        self.generator.set_state(state["generator"])
+        self.generator.set_state(state["generator"].cpu())     # a generator state lives on the CPU

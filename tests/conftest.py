@@ -4,11 +4,54 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 LOSS_LINE = re.compile(r"step: (\d+), (loss|test_dsm_loss|test_loss): (\S+)$")
 SHARED = REPO.parent / "shared"
+
+
+_CUDA_IS_AVAILABLE = torch.cuda.is_available
+HAS_CUDA = _CUDA_IS_AVAILABLE()
+_VISIBLE = os.environ.get("CUDA_VISIBLE_DEVICES")
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "cuda: a CUDA test: it runs on a GPU and is skipped without one; every other "
+                                       "test runs on the CPU, also on a machine with a GPU")
+
+
+def pytest_collection_modifyitems(config, items):
+    if HAS_CUDA:
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU (none here)")
+    for item in items:
+        if item.get_closest_marker("cuda"):
+            item.add_marker(skip)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def cpu_only():
+    """The suite runs on the CPU: CUDA is hidden from this process (``torch.cuda.is_available()`` is False, so
+    main.py's default device is the CPU) and from every subprocess (CUDA_VISIBLE_DEVICES is empty).  Only tests marked
+    ``cuda`` see the GPU, through the ``cuda`` fixture."""
+    patch = pytest.MonkeyPatch()
+    patch.setenv("CUDA_VISIBLE_DEVICES", "")
+    patch.setattr(torch.cuda, "is_available", lambda: False)
+    yield
+    patch.undo()
+
+
+@pytest.fixture
+def cuda(monkeypatch):
+    """For tests marked ``cuda``: the GPU made visible again (in this process and its subprocesses); the device."""
+    monkeypatch.setattr(torch.cuda, "is_available", _CUDA_IS_AVAILABLE)
+    if _VISIBLE is None:
+        monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
+    else:
+        monkeypatch.setenv("CUDA_VISIBLE_DEVICES", _VISIBLE)
+    return torch.device("cuda", 0)
 
 
 @pytest.fixture(autouse=True, scope="session")

@@ -46,8 +46,7 @@ def init_distributed(device, refusal=None):
     if not dist.is_available():
         raise UserError("torchrun started several processes, but this PyTorch has no torch.distributed")
     if device.type == "cuda":
-        device = torch.device("cuda", _env_int("LOCAL_RANK", 0, 0, torch.cuda.device_count() - 1))
-        torch.cuda.set_device(device)
+        device = use_device(torch.device("cuda", _env_int("LOCAL_RANK", 0, 0, torch.cuda.device_count() - 1)))
     dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     return device
 
@@ -126,4 +125,15 @@ def pick_device(name):
         raise UserError("--device cuda was asked for, but CUDA is not available")
     if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
         raise UserError(f"--device {name}: there are only {torch.cuda.device_count()} CUDA devices (cuda:0 ...)")
+    return use_device(device)
+
+
+def use_device(device):
+    """``device`` with its index, made the current CUDA device (a no-op for the CPU): the generator that
+    ``torch.random.fork_rng`` forks, the DataLoader's pin-memory thread, and every call without a device argument
+    then use this GPU, not GPU 0."""
+    if device.type != "cuda":
+        return device
+    device = torch.device("cuda", torch.cuda.current_device() if device.index is None else device.index)
+    torch.cuda.set_device(device)
     return device

@@ -36,13 +36,32 @@ def rng_state():
     return state
 
 
+def on_cpu(state):
+    """A saved :func:`rng_state` with every tensor on the CPU, where generator states live (a checkpoint loaded with
+    ``map_location`` onto a GPU carries them there); anything that is not a dict is returned as it is."""
+    if not isinstance(state, dict):
+        return state
+
+    def cpu(v):
+        if isinstance(v, torch.Tensor):
+            return v.cpu()
+        if isinstance(v, dict):
+            return {k: cpu(x) for k, x in v.items()}
+        if isinstance(v, (list, tuple)):
+            return type(v)(cpu(x) for x in v)
+        return v
+    return {k: cpu(v) for k, v in state.items()}
+
+
 def check_rng_state(state):
     """The first problem of a saved :func:`rng_state` as ``(field, what is wrong)``, or None if it can be restored.
 
-    Every part is tried on a scratch generator, so that nothing global changes here.
+    Every part is tried on a scratch generator, so that nothing global changes here.  Tensors on another device than
+    the CPU are checked as their CPU copies (:func:`on_cpu`).
     """
     if not isinstance(state, dict):
         return "rng", f"is a {type(state).__name__}, not a dict"
+    state = on_cpu(state)
     missing = [k for k in ("python", "torch", "numpy") if k not in state]
     if missing:
         return f"rng.{missing[0]}", "is missing"
@@ -59,7 +78,7 @@ def check_rng_state(state):
         return "rng.torch", problem
     try:
         torch.Generator().set_state(state["torch"])
-    except RuntimeError as e:
+    except (RuntimeError, TypeError) as e:
         return "rng.torch", f"is not a valid torch generator state ({' '.join(str(e).split())[:120]})"
     n = state["numpy"]
     if not isinstance(n, dict):
@@ -97,7 +116,9 @@ def check_rng_state(state):
 
 def set_rng_state(state):
     """Restore a :func:`rng_state` (check it first with :func:`check_rng_state`).  CUDA states are restored for the
-    devices this machine has (a checkpoint of a machine with more GPUs keeps the extra states unused)."""
+    devices this machine has (a checkpoint of a machine with more GPUs keeps the extra states unused).  States loaded
+    onto a GPU are restored from their CPU copies."""
+    state = on_cpu(state)
     random.setstate(_as_tuple(state["python"]))
     torch.set_rng_state(state["torch"])
     n = state["numpy"]

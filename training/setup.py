@@ -81,7 +81,9 @@ def setup_training(args, config, device, model, datasets=None):
         if is_main():           # the one process that writes checkpoints: it must be able to, before training again
             remove_stale_temp_files(log)
             check_writable(log, "the run folder")
-        path, state = find_resume_checkpoint(log, map_location=device)
+        # loaded onto the CPU, whatever the training device: the random-number states must be CPU tensors, and
+        # load_state_dict copies the weights and the optimizer's state onto the device of the parameters
+        path, state = find_resume_checkpoint(log)
         start_step = restore_training_state(state, model=model, optimizer=optimizer, path=path,
                                             streams={"train": train_stream, "test": test_stream}, scaler=scaler,
                                             config=config, ema=ema)
