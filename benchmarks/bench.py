@@ -3,6 +3,7 @@
     python benchmarks/bench.py                                  # digits, MNIST, CIFAR-10 configs; JSON to bench.json
     python benchmarks/bench.py --settings digits --compile      # also torch.compile (minutes to compile, cached)
     python benchmarks/bench.py --device cuda --json cuda.json   # on a GPU (adds CUDA graphs with --compile)
+    python benchmarks/bench.py --settings cifar10 --sample-batch 500 --export 50000   # + a 50k-sample export, projected
 
 For each config it measures a training step (annealed DSM + Adam) and an annealed Langevin step: milliseconds
 (median, min and max over the repetitions), images per second, achieved GFLOP/s (FLOPs counted by
@@ -11,6 +12,12 @@ torch.utils.flop_counter) against the machine's measured matrix-multiply peak, a
 grows with the batch size and with the number of levels and steps.  Ratios are to the faithful path (float32, eager,
 NCHW, the official order of operations), which is what the official code computes.
 
+TF32 (CUDA, Ampere and newer): torch's defaults run float32 convolutions in TF32 but float32 matrix products in full
+float32.  The benchmark sets both switches explicitly for every row and records them (``tf32`` in the JSON): the
+faithful row is true float32 (TF32 off for both), the float32 matmul peak is measured with TF32 off, a TF32 row and
+peak are added on CUDA, and each row's "% of peak" is against the peak of the arithmetic it runs (bf16, TF32 or
+float32).
+
 The network, objective, precision and step are built by the runners' own functions (AnnealRunner.build_model,
 training.precision.prepare_model / score_function / resolve_amp, ncsn_objective, training.loop.forward_loss and
 update, sampling.anneal_langevin_dynamics), so a speed option is wired once.  Speed claims in README.md come from here.
@@ -18,6 +25,7 @@ update, sampling.anneal_langevin_dynamics), so a speed option is wired once.  Sp
 import argparse
 import dataclasses
 import json
+import math
 import platform
 import statistics
 import sys
@@ -41,6 +49,24 @@ SETTINGS = {   # name: (channels, image_size, ngf, train batch on CUDA, on CPU, 
     "mnist": (1, 28, 64, 128, 32, 25),
     "cifar10": (3, 32, 128, 128, 8, 8),
 }
+
+
+TORCH_DEFAULT_TF32 = "torch default"     # TF32 for cuDNN convolutions, not for float32 matrix products
+
+
+def set_tf32(device, mode):
+    """TF32 for float32 work on CUDA: True (matrix products and cuDNN convolutions), False (neither: true float32) or
+    TORCH_DEFAULT_TF32 (convolutions only).  A no-op on a CPU, which has no TF32."""
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = mode is True
+        torch.backends.cudnn.allow_tf32 = mode is True or mode == TORCH_DEFAULT_TF32
+
+
+def tf32_state(device):
+    """What TF32 does for this row: {"matmul": bool, "conv": bool} (both False on a CPU, which has no TF32)."""
+    if device.type != "cuda":
+        return {"matmul": False, "conv": False}
+    return {"matmul": bool(torch.backends.cuda.matmul.allow_tf32), "conv": bool(torch.backends.cudnn.allow_tf32)}
 
 
 def sync(device):
@@ -152,35 +178,53 @@ def summary(times, n_images, flops, peak_gflops, mem):
 
 
 def variants(device, compile_too):
-    """(label, compute overrides, amp) of every path measured; the first is the faithful reference."""
-    out = [("faithful fp32 (official ops, NCHW, eager)", FAITHFUL, "none"),
-           ("shipped defaults", {}, "auto")]
+    """(label, compute overrides, amp, tf32) of every path measured; the first is the faithful reference (true
+    float32: TF32 off).  The others run with TF32 as torch's defaults leave it on CUDA (convolutions on, matrix
+    products off), except the explicit TF32 row."""
+    default_tf32 = TORCH_DEFAULT_TF32
+    out = [("faithful fp32 (official ops, NCHW, eager)", FAITHFUL, "none", False),
+           ("shipped defaults", {}, "auto", default_tf32)]
+    if device.type == "cuda":
+        out.append(("fp32 + TF32 (convolutions and matmuls), defaults", {}, "none", True))
     if native_bf16(device):
-        out.append(("bf16 autocast + defaults", {}, "bf16"))
+        out.append(("bf16 autocast + defaults", {}, "bf16", default_tf32))
     if compile_too:
-        out.append(("torch.compile + defaults", {"compile": True}, "auto"))
+        out.append(("torch.compile + defaults", {"compile": True}, "auto", default_tf32))
         if device.type == "cuda":
             out.append(("torch.compile CUDA graphs + defaults",
-                        {"compile": True, "compile_mode": "reduce-overhead"}, "auto"))
+                        {"compile": True, "compile_mode": "reduce-overhead"}, "auto", default_tf32))
     return out
 
 
-def bench_setting(name, device, args, peak):
+def peak_for(peaks, amp, tf32):
+    """The matmul peak of the arithmetic a row runs: bf16, TF32 (CUDA convolutions with TF32 on) or float32."""
+    if amp == "bf16":
+        return peaks["bf16"]
+    if amp == "fp16":
+        return peaks.get("fp16", peaks["bf16"])
+    return peaks["tf32"] if tf32["conv"] and "tf32" in peaks else peaks["fp32"]
+
+
+def bench_setting(name, device, args, peaks):
     c, size, ngf, cuda_batch, cpu_batch, n_sample = SETTINGS[name]
+    n_sample = args.sample_batch or n_sample
     batch = args.batch or (cuda_batch if device.type == "cuda" else cpu_batch)
     reps = args.reps or (20 if device.type == "cuda" else 5)
     rows, base = [], {}
     ref_cfg = setting_config(name, batch, FAITHFUL, "none")
     train_flops = count_flops(train_step_fn(ref_cfg, device))
     sample_flops = count_flops(sample_fn(ref_cfg, device, n_sample))
-    for label, compute, amp in variants(device, args.compile):
+    for label, compute, amp, tf32 in variants(device, args.compile):
+        set_tf32(device, tf32)
         cfg = setting_config(name, batch, compute, amp)
         resolved = resolve_amp(amp, device, size)
+        state = tf32_state(device)
+        peak = peak_for(peaks, resolved, state)
         for what, fn, n_img, flops, warm in (
                 (f"train step (batch {batch})", train_step_fn(cfg, device), batch, train_flops, 2),
                 (f"Langevin step ({n_sample} images)", sample_fn(cfg, device, n_sample), n_sample, sample_flops, 3)):
             times, mem = timed(fn, device, warmup=warm, reps=reps)
-            row = {"setting": name, "what": what, "variant": label, "amp": resolved,
+            row = {"setting": name, "what": what, "variant": label, "amp": resolved, "tf32": state,
                    "compute": dataclasses.asdict(cfg.compute), **summary(times, n_img, flops, peak, mem),
                    "first_call_s": timed.first_call}
             base.setdefault(what, row["ms"])
@@ -192,22 +236,32 @@ def bench_setting(name, device, args, peak):
         if name == "digits" and not args.quick:
             times, _ = timed(sample_fn(cfg, device, n_sample, n_levels=10, n_steps=100), device, warmup=0, reps=1)
             rows.append({"setting": name, "what": f"full chain 10x100 ({n_sample} images)", "variant": label,
-                         "amp": resolved, "ms": times[0] * 1000, "images_per_s": n_sample / times[0],
+                         "amp": resolved, "tf32": state, "ms": times[0] * 1000, "images_per_s": n_sample / times[0],
                          "measured": True})
         else:
             rows.append({"setting": name, "what": f"full chain 10x100 ({n_sample} images)", "variant": label,
-                         "amp": resolved, "ms": step_ms * chain, "images_per_s": n_sample / (step_ms * chain / 1000),
+                         "amp": resolved, "tf32": state, "ms": step_ms * chain, "images_per_s": n_sample / (step_ms * chain / 1000),
                          "measured": False})
         base.setdefault("chain", rows[-1]["ms"])
         rows[-1]["speedup"] = base["chain"] / rows[-1]["ms"]
         print(_line(rows[-1]), flush=True)
+        if args.export:     # an --eval export: ceil(N / batch) chains of 10 x 100 steps at this sampling batch
+            ms = step_ms * chain * math.ceil(args.export / n_sample)
+            rows.append({"setting": name, "what": f"export {args.export} samples (batch {n_sample}, 10x100)",
+                         "variant": label, "amp": resolved, "tf32": state, "ms": ms,
+                         "images_per_s": args.export / (ms / 1000), "hours": ms / 3.6e6, "measured": False})
+            base.setdefault("export", ms)
+            rows[-1]["speedup"] = base["export"] / ms
+            print(_line(rows[-1]), flush=True)
+    set_tf32(device, False)
     return rows
 
 
 def scaling(device, args):
     """digits: Langevin images/s against the batch size, and chain time against levels x steps, both paths."""
     out = []
-    for label, compute, amp in variants(device, False):
+    for label, compute, amp, tf32 in variants(device, False):
+        set_tf32(device, tf32)
         cfg = setting_config("digits", 128, compute, amp)
         for n in (1, 8, 32, 128, 512):
             times, _ = timed(sample_fn(cfg, device, n), device, warmup=2, reps=3)
@@ -240,23 +294,36 @@ def main():
     p.add_argument("--reps", type=int, default=None, help="timed repetitions (default: 20 on CUDA, 5 on CPU)")
     p.add_argument("--compile", action="store_true", help="also measure torch.compile (compile time not counted)")
     p.add_argument("--quick", action="store_true", help="no full chain, no scaling runs")
+    p.add_argument("--sample-batch", type=int, default=None,
+                   help="images per Langevin step (default: 36 digits, 25 MNIST, 8 CIFAR-10)")
+    p.add_argument("--export", type=int, default=0, metavar="N",
+                   help="also project the time of an N-sample export (--eval) from the Langevin step")
     p.add_argument("--json", default="bench.json")
     args = p.parse_args()
     device = torch.device(args.device)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
-    peak = matmul_peak(device, torch.float32)
+    for name, value in (("--sample-batch", args.sample_batch), ("--export", args.export)):
+        if value is not None and value < 0 or (name == "--sample-batch" and value == 0):
+            p.error(f"{name} must be a positive integer, got {value}")
+    set_tf32(device, False)
+    peaks = {"fp32": matmul_peak(device, torch.float32)}
+    if device.type == "cuda":
+        set_tf32(device, True)
+        peaks["tf32"] = matmul_peak(device, torch.float32)
+        set_tf32(device, False)
     native = native_bf16(device)            # without native bf16 a 2048^3 product takes minutes: measure a smaller one
-    peak_bf16 = matmul_peak(device, torch.bfloat16, sizes=(1024, 2048, 3072) if native else (256,), reps=5 if native
-                            else 2)
+    peaks["bf16"] = matmul_peak(device, torch.bfloat16, sizes=(1024, 2048, 3072) if native else (256,),
+                                reps=5 if native else 2)
     dev = torch.cuda.get_device_name(device) if device.type == "cuda" else _cpu_name()
-    print(f"device: {dev}; torch {torch.__version__}; {torch.get_num_threads()} threads; "
-          f"matmul peak fp32 {peak:.0f} GFLOP/s, bf16 {peak_bf16:.1f} GFLOP/s; native bf16: {native_bf16(device)}",
-          flush=True)
-    rows = [r for name in args.settings for r in bench_setting(name, device, args, peak)]
+    print(f"device: {dev}; torch {torch.__version__}; {torch.get_num_threads()} threads; matmul peak "
+          + ", ".join(f"{k} {v:.1f} GFLOP/s" for k, v in peaks.items()) + f"; native bf16: {native}; TF32: "
+          + ("off in the faithful row, torch's default (convolutions only) elsewhere" if device.type == "cuda"
+             else "none (CPU)"), flush=True)
+    rows = [r for name in args.settings for r in bench_setting(name, device, args, peaks)]
     scale = [] if args.quick or "digits" not in args.settings else scaling(device, args)
     result = {"device": dev, "torch": torch.__version__, "threads": torch.get_num_threads(),
-              "native_bf16": native_bf16(device), "matmul_peak_gflops": {"fp32": peak, "bf16": peak_bf16},
+              "native_bf16": native, "matmul_peak_gflops": peaks,
               "rows": rows, "scaling": scale}
     Path(args.json).write_text(json.dumps(result, indent=1))
     print("\n| setting | what | variant | ms (median [min-max]) | images/s | GFLOP/s (% of peak) | peak MiB | speed-up |")

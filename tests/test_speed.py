@@ -183,3 +183,30 @@ def test_benchmark_runs_and_reports_ratios_to_the_faithful_path(tmp_path, monkey
     assert any(r["variant"] == "shipped defaults" for r in rows)
     peak = result["matmul_peak_gflops"]["fp32"]
     assert peak > 0 and all(0 < r["gflops"] < 10 * peak for r in rows)
+    assert all(r["tf32"] == {"matmul": False, "conv": False} for r in result["rows"])      # a CPU has no TF32
+
+
+def test_benchmark_states_tf32_and_measures_each_row_against_its_own_peak(monkeypatch):
+    """On CUDA (Ampere and newer) torch runs float32 convolutions in TF32 by default: the faithful row must switch it
+    off, a TF32 row is measured on its own, and "% of peak" uses the peak of the row's arithmetic."""
+    import sys
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import bench
+    cuda = torch.device("cuda", 0)
+    monkeypatch.setattr(bench, "native_bf16", lambda device: True)
+    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    seen = {}
+    try:
+        for label, _, amp, tf32 in bench.variants(cuda, compile_too=True):
+            bench.set_tf32(cuda, tf32)
+            seen[label] = (amp, bench.tf32_state(cuda))
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+    assert seen["faithful fp32 (official ops, NCHW, eager)"] == ("none", {"matmul": False, "conv": False})
+    assert seen["fp32 + TF32 (convolutions and matmuls), defaults"] == ("none", {"matmul": True, "conv": True})
+    assert seen["shipped defaults"][1] == {"matmul": False, "conv": True}      # torch's default, stated
+    peaks = {"fp32": 50e3, "tf32": 400e3, "bf16": 800e3}
+    assert bench.peak_for(peaks, "none", {"matmul": False, "conv": False}) == 50e3
+    assert bench.peak_for(peaks, "none", {"matmul": False, "conv": True}) == 400e3
+    assert bench.peak_for(peaks, "bf16", {"matmul": False, "conv": True}) == 800e3
+    assert bench.peak_for({"fp32": 1.0, "bf16": 2.0}, "none", bench.tf32_state(torch.device("cpu"))) == 1.0
