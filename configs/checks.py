@@ -45,6 +45,7 @@ INT_BOUNDS = {                    # "section.key": (lowest, highest, why the hig
     "eval.max_reference": (2, MAX_EVAL_SAMPLES, "MAX_EVAL_SAMPLES"),
     "eval.kid_subset_size": (2, MAX_EVAL_SAMPLES, "MAX_EVAL_SAMPLES"),
     "eval.bpd_n": (1, MAX_EVAL_SAMPLES, "MAX_EVAL_SAMPLES"),
+    "eval.bpd_batch_size": (1, MAX_BATCH_SIZE, "MAX_BATCH_SIZE"),
     "toy.ring_modes": (1, MAX_RING_MODES, "MAX_RING_MODES"),
 }
 DEFAULT_INT_BOUNDS = (INT64_MIN, INT64_MAX, "the largest 64-bit integer")

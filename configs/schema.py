@@ -203,7 +203,9 @@ class Eval:
     allow_download: bool = False       # with no weights file and no bundled network: download NVIDIA's (internet)
     save_png: bool = False             # also write every sample as a PNG
     bpd: bool = False                  # also bits/dim of test images through the probability-flow ODE
-    bpd_n: int = 1000                  # test images for bits/dim (batches of eval.batch_size)
+    bpd_n: int = 1000                  # test images for bits/dim (batches of eval.bpd_batch_size)
+    bpd_batch_size: int = 100          # test images per likelihood ODE solve: its vector-Jacobian products hold the
+    #                                    graph of the network on 2x this many images (lower it if memory runs out)
     bpd_probe: str = "rademacher"      # Hutchinson trace probes: 'rademacher' or 'gaussian' (seed: --seed)
     bpd_rtol: float = 1e-5             # the likelihood ODE's tolerances (score_sde: 1e-5; solver sampling.ode_method)
     bpd_atol: float = 1e-5

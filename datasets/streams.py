@@ -37,6 +37,13 @@ class BatchStream:
             raise UserError(f"batch size {batch_size} is larger than the data set ({n} examples) with drop_last")
         self._it = None
 
+    def worker_seed(self):
+        """The seed of this epoch's DataLoader generator, from which its workers' random numbers (random flips) are
+        seeded: ``seed + epoch`` in rank 0 (and a single process), shifted by ``1_000_003 * rank`` in the other
+        ranks so that each process flips its own share differently.  (Without workers the transforms draw from the
+        global generator, which main.py seeds per rank.)  The order of the examples never depends on the rank."""
+        return self.seed + self.epoch + 1_000_003 * self.rank
+
     def state_dict(self):
         return {"epoch": self.epoch, "batch": self.batch}
 
@@ -57,7 +64,7 @@ class BatchStream:
             return (tuple(t[idx] for t in tensors) for idx in batches)
         loader = DataLoader(self.dataset, batch_sampler=batches, num_workers=self.num_workers,
                             pin_memory=self.pin_memory, worker_init_fn=_ignore_sigint,
-                            generator=torch.Generator().manual_seed(self.seed + self.epoch),
+                            generator=torch.Generator().manual_seed(self.worker_seed()),
                             persistent_workers=False)
         return iter(loader)
 

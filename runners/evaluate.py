@@ -65,11 +65,11 @@ def evaluate_run(runner, draw, state, sampling):
     if extractor is None:
         return None                 # rank 0 failed, and says why
     n_batches = len(batch_sizes(e.n_samples, e.batch_size))
-    mine = [k for k in range(n_batches) if k % world_size() == rank()]
+    mine = _my_batches(folder, n_batches)
     start = time.perf_counter()
     drawn = export_batches(draw, e.n_samples, e.batch_size, args.seed, folder, batches=mine, progress=is_main())
-    logging.info("drew %d of %d batches in %.1f s (the rest were there from an earlier run)", len(drawn),
-                 len(mine), time.perf_counter() - start)
+    logging.info("drew %d of %d batches in %.1f s (the rest were there from an earlier run%s)", len(drawn),
+                 n_batches, time.perf_counter() - start, " or drawn by the other processes" if world_size() > 1 else "")
     barrier()
     if not is_main():
         return
@@ -93,6 +93,16 @@ def evaluate_run(runner, draw, state, sampling):
                  folder / "metrics.json")
     _write_neighbours(samples, reference, extractor, cache, source, folder)
     return metrics
+
+
+def _my_batches(folder, n_batches):
+    """This rank's share of the batches still missing from the export: dealt in turn over the ranks, so that the
+    shares differ by at most one batch also when an export is resumed (dealing all batches by ``k % world_size``
+    would leave a rank whose batches are done waiting at the final barrier for the others' whole remaining work).
+    Every rank lists the folder before any rank draws (a barrier after the listing), so all deal the same list."""
+    missing = [k for k in range(n_batches) if not (Path(folder) / "batches" / f"batch_{k:06d}.npy").is_file()]
+    barrier()
+    return missing[rank()::world_size()]
 
 
 N_NEIGHBOUR_QUERIES = 10        # the first samples shown with their nearest training images

@@ -11,6 +11,7 @@ from datasets import data_transform, get_dataset
 from errors import UserError
 from sampling import SAMPLERS, initial_state, interpolated_score, prior_mean
 from sampling.pc import pc_updates
+from sampling.schedules import host_sigmas
 
 
 @dataclass(frozen=True)
@@ -53,20 +54,21 @@ def check_bpd(config):
 
 def bpd_of_test_set(config, model, sigmas, run_root, seed, device):
     """Bits/dim of the first ``eval.bpd_n`` test images (uniformly dequantised as in training, with the random
-    numbers of ``seed``) through the probability-flow ODE; returns the record for metrics.json."""
+    numbers of ``seed``) through the probability-flow ODE, in batches of ``eval.bpd_batch_size`` (batch k seeded
+    with ``seed + k``); returns the record for metrics.json."""
     from evaluation.likelihood import bits_per_dim, gaussian_log_density, ode_log_likelihood
     e, d = config.eval, config.data
     _, test = get_dataset(d, run_root)
     n = min(e.bpd_n, len(test))
-    sigma_list = [float(s) for s in sigmas]
+    sigma_list = host_sigmas(sigmas)
     score_at = interpolated_score(model, sigma_list)
     mean = prior_mean(d.logit_transform)
 
     def prior(z):
         return gaussian_log_density(z, mean, sigma_list[0])
     values, nfes = [], []
-    for k, start in enumerate(range(0, n, e.batch_size)):
-        images = torch.stack([test[i][0] for i in range(start, min(n, start + e.batch_size))]).to(device)
+    for k, start in enumerate(range(0, n, e.bpd_batch_size)):     # not eval.batch_size: the ODE takes gradients
+        images = torch.stack([test[i][0] for i in range(start, min(n, start + e.bpd_batch_size))]).to(device)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed + k)
             x = data_transform(images, d)
@@ -78,7 +80,8 @@ def bpd_of_test_set(config, model, sigmas, run_root, seed, device):
         logging.info("bits/dim: %d of %d test images, %d network evaluations for this batch", start + len(x), n, nfe)
     bpd = torch.cat(values)
     record = {"bpd": float(bpd.mean()), "bpd_std_error": float(bpd.std() / len(bpd) ** 0.5) if len(bpd) > 1 else None,
-              "bpd_n": n, "bpd_nfe_per_batch": nfes, "bpd_probe": e.bpd_probe, "bpd_rtol": e.bpd_rtol,
+              "bpd_n": n, "bpd_batch_size": e.bpd_batch_size, "bpd_nfe_per_batch": nfes, "bpd_probe": e.bpd_probe,
+              "bpd_rtol": e.bpd_rtol,
               "bpd_atol": e.bpd_atol, "bpd_ode_method": config.sampling.ode_method, "bpd_prior_mean": mean,
               "bpd_sigma_range": [sigma_list[-1], sigma_list[0]]}
     logging.info("bits/dim %.4f +- %.4f on %d test images (the model at sigma_L = %g)", record["bpd"],

@@ -18,6 +18,8 @@ import math
 
 import torch
 
+from sampling.schedules import host_sigmas
+
 
 def unconditional(score_fn):
     """``score_fn(x)`` -> the conditional signature ``f(x, labels)`` that every sampler calls (labels ignored)."""
@@ -34,7 +36,7 @@ def anneal_langevin_dynamics(score_fn, x, sigmas, *, n_steps_each=100, step_lr=2
     default, as official).  ``project(x, level, sigma) -> x`` is applied when a level starts and after every update
     (``level=None, sigma=0`` after the final denoising step).  Returns the final state (B, *D).
     """
-    sigma_list = [float(s) for s in sigmas]
+    sigma_list = host_sigmas(sigmas)
     last = sigma_list[-1]
     step = 0
     labels = None

@@ -20,12 +20,14 @@ import math
 
 import torch
 
+from sampling.schedules import host_sigmas
+
 
 def interpolated_score(score_fn, sigmas):
     """``score_fn(x, labels)`` on descending levels ``sigmas`` -> ``score_at(x, sigma)`` for any sigma in
     [sigma_L, sigma_1] (a float or 0-d tensor; clamped to that range), by linear interpolation of ``sigma * s`` in log
     sigma between the two neighbouring levels (see the module docstring)."""
-    sigma_list = [float(s) for s in sigmas]
+    sigma_list = host_sigmas(sigmas)
     ascending = torch.tensor(sigma_list[::-1], dtype=torch.float64).log()
     n = len(sigma_list)
 
@@ -80,7 +82,7 @@ def ode_sampler(score_fn, x, sigmas, *, method="dopri5", rtol=1e-3, atol=1e-3, d
     ``x + sigma_L^2 s(x, L)``.  Returns the final state (B, *D).
     """
     from torchdiffeq import odeint
-    sigma_list = [float(s) for s in sigmas]
+    sigma_list = host_sigmas(sigmas)
     n = len(sigma_list)
     counter = [0]
     drift = flow_drift(interpolated_score(score_fn, sigma_list), counter)

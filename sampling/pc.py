@@ -22,7 +22,7 @@ update; with the reverse-diffusion predictor that is the Tweedie step ``x + sigm
 """
 import torch
 
-from sampling.schedules import append_dims
+from sampling.schedules import append_dims, host_sigmas
 
 PREDICTORS = ("reverse_diffusion", "none")
 CORRECTORS = ("langevin", "none")
@@ -52,7 +52,7 @@ def pc_sampler(score_fn, x, sigmas, *, predictor="reverse_diffusion", corrector=
     """
     if predictor not in PREDICTORS or corrector not in CORRECTORS:
         raise ValueError(f"unknown predictor {predictor!r} or corrector {corrector!r}")
-    sigma_list = [float(s) for s in sigmas]
+    sigma_list = host_sigmas(sigmas)
     step, x_mean = 0, x
 
     def update(new_x, c, sigma):

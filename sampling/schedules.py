@@ -1,5 +1,6 @@
-"""Noise levels: the one geometric schedule of the paper (Sec. 4.2), and the helper that broadcasts one value per
-example over an example's axes (used by the losses and samplers alike)."""
+"""Noise levels: the one geometric schedule of the paper (Sec. 4.2), the levels as host numbers for the samplers'
+step sizes, and the helper that broadcasts one value per example over an example's axes (used by the losses and
+samplers alike)."""
 import math
 
 import torch
@@ -18,3 +19,13 @@ def geometric_sigmas(sigma_begin, sigma_end, num_classes, dtype=torch.float32, d
 def append_dims(v, ndim):
     """Append trailing singleton axes to ``v`` (B,) until it has ``ndim`` axes: (B,) -> (B, 1, ..., 1)."""
     return v.reshape(v.shape + (1,) * (ndim - v.ndim))
+
+
+def host_sigmas(sigmas):
+    """The noise levels ``sigmas`` (a tensor on any device, or numbers) as a list of Python floats, read once before
+    a sampler's loop: one device-to-host copy for a tensor (``tolist``; ``float`` of each element would wait for the
+    device once per level), the same values bit for bit.  Step sizes computed from these floats cost the sampler's
+    update loop no host synchronisation."""
+    if isinstance(sigmas, torch.Tensor):
+        return [float(s) for s in sigmas.detach().reshape(-1).tolist()]
+    return [float(s) for s in sigmas]

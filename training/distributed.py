@@ -34,20 +34,34 @@ def env_rank():
     return _env_int("RANK", 0, 0, world - 1) if world > 1 else 0
 
 
+DEFAULT_TIMEOUT_MIN = 60      # NCSN_DIST_TIMEOUT_MIN: how long a collective waits for the slowest process
+
+
+def dist_timeout():
+    """How long any collective (a barrier, the per-step loss) may wait for the other processes: the environment
+    variable NCSN_DIST_TIMEOUT_MIN in minutes (an integer, default 60; PyTorch's own default is 10 minutes for nccl),
+    as a timedelta.  Processes wait for each other while rank 0 writes a checkpoint or the files of --eval, and at
+    the end of an --eval export (its batches are dealt so that the ranks' shares differ by at most one batch)."""
+    import datetime
+    return datetime.timedelta(minutes=_env_int("NCSN_DIST_TIMEOUT_MIN", DEFAULT_TIMEOUT_MIN, 1, 7 * 24 * 60))
+
+
 def init_distributed(device, refusal=None):
-    """Under torchrun (WORLD_SIZE > 1): join the process group (nccl on CUDA, else gloo) and return this rank's device
-    (cuda:LOCAL_RANK on CUDA).  Without torchrun: ``device`` unchanged.  ``refusal``: when the command cannot run in
-    several processes, the one-line reason, raised as a UserError under torchrun."""
+    """Under torchrun (WORLD_SIZE > 1): join the process group (nccl on CUDA, else gloo; timeout
+    :func:`dist_timeout`) and return this rank's device (cuda:LOCAL_RANK on CUDA).  Without torchrun: ``device``
+    unchanged.  ``refusal``: when the command cannot run in several processes, the one-line reason, raised as a
+    UserError under torchrun."""
     if env_world_size() == 1:
         return device
     import torch.distributed as dist
     if refusal:
         raise UserError(refusal)
+    timeout = dist_timeout()
     if not dist.is_available():
         raise UserError("torchrun started several processes, but this PyTorch has no torch.distributed")
     if device.type == "cuda":
         device = use_device(torch.device("cuda", _env_int("LOCAL_RANK", 0, 0, torch.cuda.device_count() - 1)))
-    dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=timeout)
     return device
 
 
@@ -88,6 +102,22 @@ def dist_mean(value):
 def dist_max(value):
     """The largest value of a number over all processes (the number itself in a single process)."""
     return value if world_size() == 1 else _all_reduce(value, torch.distributed.ReduceOp.MAX)
+
+
+def mean_and_max(tensor, number):
+    """(the mean over all processes of the 0-d ``tensor``, the largest ``number`` of all processes) as Python
+    numbers, with one host synchronisation and, under torchrun, ONE collective: an all_gather of both from every
+    process (dist_mean and dist_max would take two of each).  A single process: ``(tensor.item(), number)``, no
+    collective.  Every process sums the gathered rows in rank order, so all of them decide on the same values."""
+    if world_size() == 1:
+        return tensor.item(), number
+    dist = torch.distributed
+    mine = torch.stack([tensor.detach().reshape(()).to(torch.float64),
+                        torch.full((), float(number), dtype=torch.float64, device=tensor.device)])
+    rows = [torch.empty_like(mine) for _ in range(world_size())]
+    dist.all_gather(rows, mine)
+    table = torch.stack(rows).tolist()
+    return sum(row[0] for row in table) / len(table), max(row[1] for row in table)
 
 
 def barrier():

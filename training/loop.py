@@ -1,6 +1,11 @@
 """The one training loop: an :class:`Objective` (what to minimise) run on a :class:`training.setup.TrainSetup`
-(what to train it with).  The step itself is two functions, :func:`forward_loss` and :func:`update`, which the
-benchmark calls too, so that a speed option is wired once."""
+(what to train it with).  The step itself is :func:`forward_loss` and :func:`update` (= :func:`backward`, then
+:func:`optimizer_step`), which the benchmark calls too, so that a speed option is wired once.
+
+Host synchronisation.  A training step waits for the device once: the loss value is read after the backward pass
+has been queued (so the device is busy meanwhile), and under torchrun that one read also carries the stop signal
+(:func:`training.distributed.mean_and_max`: one collective per step).  The optimizer step waits for that value, so
+a non-finite loss still stops before the weights change."""
 import logging
 import math
 import signal
@@ -14,7 +19,7 @@ from tqdm import tqdm
 from configs import dump_config
 from errors import NonFiniteLoss, TrainingInterrupted, UserError
 from training.checkpoint import save_checkpoint
-from training.distributed import barrier, dist_max, dist_mean, is_main
+from training.distributed import barrier, dist_mean, is_main, mean_and_max, world_size
 from training.precision import autocast_context, unwrap
 from training.signals import stop_on_signals
 
@@ -45,16 +50,28 @@ def forward_loss(model, loss_fn, X, amp="none"):
     return per_example.float().mean(), per_example, labels
 
 
-def update(optimizer, loss, scaler=None):
-    """Back-propagate ``loss`` and take one optimizer step (through the fp16 GradScaler when it is enabled)."""
+def backward(optimizer, loss, scaler=None):
+    """Clear the gradients and back-propagate ``loss`` (scaled by the fp16 GradScaler when it is enabled)."""
     optimizer.zero_grad(set_to_none=True)
     if scaler is not None and scaler.is_enabled():
         scaler.scale(loss).backward()
+    else:
+        loss.backward()
+
+
+def optimizer_step(optimizer, scaler=None):
+    """Take one optimizer step with the gradients of :func:`backward` (through the fp16 GradScaler when enabled)."""
+    if scaler is not None and scaler.is_enabled():
         scaler.step(optimizer)
         scaler.update()
     else:
-        loss.backward()
         optimizer.step()
+
+
+def update(optimizer, loss, scaler=None):
+    """Back-propagate ``loss`` and take one optimizer step (through the fp16 GradScaler when it is enabled)."""
+    backward(optimizer, loss, scaler)
+    optimizer_step(optimizer, scaler)
 
 
 def train_loop(setup, objective):
@@ -102,11 +119,14 @@ def train_loop(setup, objective):
                 step += 1
                 X = X.to(device, non_blocking=True)
                 loss, per_example, labels = forward_loss(model, objective.loss_fn, X, s.amp)
-                loss_value = dist_mean(loss.item())     # every process decides on the same (mean) value
+                backward(s.optimizer, loss, s.scaler)   # queued before the host waits for the loss value
+                # the one host wait of the step; every process decides on the same (mean) value, and learns whether
+                # any process was signalled (under torchrun: one collective for both)
+                loss_value, signalled = mean_and_max(loss, flag["signum"] or 0)
                 if not math.isfinite(loss_value):
                     raise NonFiniteLoss(_non_finite_message(per_example, labels, objective.sigmas, step, last_saved,
                                                             log_dir))
-                update(s.optimizer, loss, s.scaler)
+                optimizer_step(s.optimizer, s.scaler)
                 if s.ema is not None:
                     s.ema.update(model)
 
@@ -135,7 +155,8 @@ def train_loop(setup, objective):
                 if step % tcfg.snapshot_freq == 0:
                     save(step)
                     last_saved = step
-                signum = int(dist_max(flag["signum"] or 0))     # a signal to any process stops them all
+                # a signal to any process stops them all (one process: also a signal that came since the loss)
+                signum = int(signalled) if world_size() > 1 else flag["signum"] or 0
                 if signum:
                     if last_saved != step:
                         save(step)

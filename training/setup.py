@@ -12,7 +12,7 @@ import torch.optim as optim
 from errors import ConfigError, UserError
 from training.ema import EMA
 from training.resume import find_resume_checkpoint, remove_stale_temp_files, restore_training_state
-from training.distributed import is_main, rank, world_size
+from training.distributed import is_main, main_process_first, rank, world_size
 from training.precision import maybe_compile, resolve_amp
 from training.rng import seed_everything
 
@@ -61,7 +61,11 @@ def setup_training(args, config, device, model, datasets=None):
     if t.batch_size % n_proc:
         raise ConfigError(f"training.batch_size ({t.batch_size}) must be divisible by the number of processes "
                           f"({n_proc}): each process takes an equal share of every batch")
-    train, test = datasets if datasets is not None else get_dataset(config.data, args.run)
+    if datasets is None:        # under torchrun rank 0 alone may download it; the others then read its files
+        datasets = main_process_first(lambda main: get_dataset(config.data, args.run))
+        if datasets is None:
+            raise UserError("rank 0 could not load the data set (it reports why)")
+    train, test = datasets
     pin = device.type == "cuda"
     shard = dict(rank=me, world_size=n_proc, num_workers=t.num_workers, pin_memory=pin)
     train_stream = BatchStream(train, t.batch_size, seed=args.seed, **shard)
