@@ -3,7 +3,7 @@
 runners, networks or devices; which settings a runner's network can take is checked by the runner (runners/base.py)."""
 from configs.files import config_to_dict, dump_config, load_config, overlay_config, resolve_config_path
 from configs.build import config_from_dict
-from configs.schema import Config
+from configs.schema import Config, check_training
 
-__all__ = ["Config", "config_from_dict", "config_to_dict", "dump_config", "load_config", "overlay_config",
-           "resolve_config_path"]
+__all__ = ["Config", "check_training", "config_from_dict", "config_to_dict", "dump_config", "load_config",
+           "overlay_config", "resolve_config_path"]

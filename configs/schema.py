@@ -6,7 +6,8 @@ duplicate key is refused; messages show a bad value only as a short excerpt (``e
 official configs have keep their names and meanings; new keys have defaults, so the official ``anneal.yml`` /
 ``baseline.yml`` / ``scorenet.yml`` load unchanged, and so does the ``config.yml`` that the official code writes into a
 run folder (``yaml.dump`` of an ``argparse.Namespace``; see configs/files.py).  The value checks and integer bounds
-are in configs/checks.py; reading and writing the files in configs/files.py.
+are in configs/checks.py; reading and writing the files in configs/files.py.  ``check_training`` adds the
+checks of a config that is about to train (e.g. compute.compile refused with training.algo: ssm).
 """
 import dataclasses
 from dataclasses import dataclass, field
@@ -226,7 +227,8 @@ class Compute:
     #                                    network stays NCHW: measured faster there; training/precision.py)
     fused_norm: bool = True            # InstanceNorm++ as one affine pass where no gradient is taken (sampling, test
     #                                    losses; models/normalization.py)
-    compile: bool = False              # torch.compile the network (the first run compiles for minutes on a CPU; cached)
+    compile: bool = False              # torch.compile the network (the first run compiles for minutes on a CPU;
+    #                                    cached); refused for training with training.algo ssm (check_training)
     compile_mode: str = "default"      # torch.compile's mode; 'reduce-overhead' captures CUDA graphs on CUDA
 
     def __post_init__(self):
@@ -243,3 +245,16 @@ class Config:
     toy: Toy = field(default_factory=Toy)
     eval: Eval = field(default_factory=Eval)
     compute: Compute = field(default_factory=Compute)
+
+
+def check_training(config):
+    """The checks of a config that is about to train (a new or resumed run), beyond those of loading it: a
+    combination that a trained run's --test / --eval may use but that cannot train is one ConfigError here.
+
+    ``compute.compile`` with ``training.algo: ssm``: sliced score matching back-propagates through an input gradient
+    (``create_graph=True``, losses/sliced_sm.py), and torch.compile's training graphs (aot_autograd) do not support
+    double backward; compiled sampling needs no double backward and is left alone."""
+    if config.compute.compile and config.training.algo == "ssm":
+        raise ConfigError("compute.compile: true cannot train with training.algo: ssm: sliced score matching needs "
+                          "double backward (the gradient of an input gradient), which torch.compile does not "
+                          "support; train with compute.compile: false (sampling a trained run may still compile)")

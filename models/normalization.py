@@ -11,6 +11,14 @@ standardised version back.
 ``ConditionalInstanceNorm2dPlus`` looks gamma, alpha, beta up per noise level (an ``nn.Embedding`` indexed by the
 labels ``y``); ``InstanceNorm2dPlus`` holds one set of per-channel parameters (the single-noise baseline).  Attribute
 names, shapes, registration order and initialisation follow the official code so that released checkpoints load.
+
+Precision and layout: the output has x's dtype and memory format.  For float16 / bfloat16 inputs (autocast) the
+statistics (means, variances, their inverse square roots; ``F.instance_norm``'s kernels accumulate in float32
+themselves) are computed in float32, and only the small (B, F) factors
+are cast to x's dtype before they meet the full-size tensor: float16 squares overflow beyond |x - mu| ~ 256, and the
+float32 gamma, alpha, beta would otherwise promote every activation after the norm to float32.  A channels-last input
+is normalised with layout-preserving reductions instead of ``F.instance_norm`` (which copies to NCHW).  Float32 and
+float64 NCHW inputs take exactly the official operations.
 """
 import torch
 import torch.nn.functional as F
@@ -19,24 +27,48 @@ from torch import nn
 EPS = 1e-5  # both for the instance norm itself and for the standardisation of the channel means
 
 
+def statistics_dtype(x):
+    """The dtype in which x's statistics are computed: float32 for float16 / bfloat16, else x's own dtype."""
+    return torch.float32 if x.dtype in (torch.float16, torch.bfloat16) else x.dtype
+
+
 def standardized_channel_means(x, eps=EPS):
     """(mu - m) / sqrt(v + eps) for x (B, F, H, W); mu (B, F) are spatial means, m, v their mean and unbiased
-    variance over the F channels (``torch.var`` default, as in the official code).  Returns (B, F)."""
-    means = x.mean(dim=(2, 3))                                     # (B, F)
+    variance over the F channels (``torch.var`` default, as in the official code).  Returns (B, F), in
+    ``statistics_dtype(x)`` (float32 for half-precision x: means of scale ~256 would overflow the float16 variance)."""
+    means = x.mean(dim=(2, 3), dtype=statistics_dtype(x))         # (B, F)
     m = means.mean(dim=1, keepdim=True)                            # (B, 1)
     v = means.var(dim=1, keepdim=True)                             # (B, 1), unbiased
     return (means - m) / torch.sqrt(v + eps)
 
 
+def _is_channels_last_only(x):
+    """True for a 4-D x laid out channels-last and not also NCHW-contiguous (e.g. not H = W = 1)."""
+    return x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+
+
+def _instance_norm(x):
+    """Plain instance normalisation (biased variance, no affine) of x (B, F, H, W), in x's dtype and layout.
+
+    NCHW: ``F.instance_norm`` (the official call).  Channels-last: ``F.instance_norm`` would reshape to
+    (1, B*F, H, W) and so copy to NCHW and back; the same formula, (x - mu) / sqrt(var + eps), is taken with
+    per-channel reductions over (H, W) that keep the layout, the statistics in ``statistics_dtype(x)``."""
+    if not _is_channels_last_only(x):
+        return F.instance_norm(x, eps=EPS)
+    var, mu = torch.var_mean(x.to(statistics_dtype(x)), dim=(2, 3), correction=0, keepdim=True)   # (B, F, 1, 1)
+    return (x - mu.to(x.dtype)) * torch.rsqrt(var + EPS).to(x.dtype)
+
+
 def _instance_norm_plus(x, gamma, alpha, beta):
     """The "++" formula in the official order of operations (the faithful reference): gamma, alpha (B or 1, F), beta
-    (B or 1, F) or None.  Returns (B, F, H, W)."""
+    (B or 1, F) or None.  Returns (B, F, H, W) in x's dtype and layout: the (B, F) factors are computed in the
+    statistics' precision and cast to x's dtype (a no-op for float32 / float64 x with parameters of its dtype)."""
     mean_shift = standardized_channel_means(x)                     # (B, F)
-    h = F.instance_norm(x, eps=EPS)                                # biased variance, no affine
-    h = h + (mean_shift * alpha)[..., None, None]                  # (B, F, 1, 1) broadcast over H, W
-    h = gamma[..., None, None] * h
+    h = _instance_norm(x)                                          # biased variance, no affine
+    h = h + (mean_shift * alpha).to(x.dtype)[..., None, None]      # (B, F, 1, 1) broadcast over H, W
+    h = gamma.to(x.dtype)[..., None, None] * h
     if beta is not None:
-        h = h + beta[..., None, None]
+        h = h + beta.to(x.dtype)[..., None, None]
     return h
 
 
@@ -46,9 +78,12 @@ def _instance_norm_plus_fused(x, gamma, alpha, beta):
 
     Two plain reductions (the means, then the biased variance about them: two passes, no cancellation) and one
     fused multiply-add over the tensor, instead of instance_norm's statistics plus three full-size passes; the
-    result equals the reference up to floating-point rounding (tests/test_speed.py)."""
-    mu = x.mean(dim=(2, 3), keepdim=True)                          # (B, F, 1, 1)
-    var = (x - mu).square().mean(dim=(2, 3))                       # (B, F), biased
+    result equals the reference up to floating-point rounding (tests/test_speed.py).  The statistics and the (B, F)
+    factors are computed in ``statistics_dtype(x)`` (for half-precision x the deviations are squared in float32), and
+    scale and shift are cast to x's dtype for the full-size multiply-add: the output has x's dtype and layout."""
+    xs = x.to(statistics_dtype(x))                                 # x itself for float32 / float64
+    mu = xs.mean(dim=(2, 3), keepdim=True)                         # (B, F, 1, 1)
+    var = (xs - mu).square().mean(dim=(2, 3))                      # (B, F), biased
     mu = mu[..., 0, 0]                                             # (B, F)
     m = mu.mean(dim=1, keepdim=True)                               # (B, 1)
     v = mu.var(dim=1, keepdim=True)                                # (B, 1), unbiased (as official)
@@ -56,14 +91,15 @@ def _instance_norm_plus_fused(x, gamma, alpha, beta):
     shift = gamma * alpha * (mu - m) * torch.rsqrt(v + EPS) - mu * scale
     if beta is not None:
         shift = shift + beta
-    return torch.addcmul(shift[..., None, None], x, scale[..., None, None])
+    return torch.addcmul(shift.to(x.dtype)[..., None, None], x, scale.to(x.dtype)[..., None, None])
 
 
 def instance_norm_plus(x, gamma, alpha, beta, fused=False):
     """InstanceNorm++ of x (B, F, H, W): the official order of operations, or (``fused``) the one-pass affine form
     where no gradient is taken (sampling, test losses).  Under autograd the official form is kept even when ``fused``:
-    its backward is instance_norm's single kernel, while the affine form's backward is a chain of full-size passes
-    (measured slower in training, README "Speed")."""
+    for NCHW x its backward is instance_norm's single kernel, while the affine form's backward is a chain of
+    full-size passes (measured slower in training, README "Speed").  A channels-last x (a CUDA training network) is
+    normalised with layout-preserving reductions (:func:`_instance_norm`).  The output has x's dtype and layout."""
     if fused and not (torch.is_grad_enabled() and x.requires_grad):
         return _instance_norm_plus_fused(x, gamma, alpha, beta)
     return _instance_norm_plus(x, gamma, alpha, beta)

@@ -9,7 +9,7 @@ import os
 import shutil
 from pathlib import Path
 
-from configs import dump_config, load_config, overlay_config, resolve_config_path
+from configs import check_training, dump_config, load_config, overlay_config, resolve_config_path
 from errors import ConfigError, UserError
 from runners import RUNNERS
 from runners.outputs import setup_logging
@@ -34,6 +34,8 @@ def prepare_run(args, create=True):
             config = overlay_config(config, overlay)
         try:
             RUNNERS[args.runner].check_config(config)
+            if command(args) == "train":
+                check_training(config)
         except ConfigError as e:
             raise ConfigError(f"{path}: {e}") from e
         return config

@@ -17,12 +17,21 @@ import torch
 FAITHFUL = {"channels_last": False, "fused_norm": False, "compile": False, "compile_mode": "default"}
 
 
+NATIVE_BF16_CAPABILITY = (8, 0)      # Ampere and later: bf16 tensor cores; Volta (7.0) and Turing (7.5) emulate bf16
+
+
 def native_bf16(device):
-    """True where ``device`` computes bf16 matrix products in hardware: CUDA GPUs with bf16 support, CPUs whose oneDNN
-    has bf16 kernels (AVX-512 BF16 / AMX).  Elsewhere (e.g. AVX2-only CPUs) bf16 convolutions fall back to slow
+    """True where ``device`` computes bf16 matrix products in hardware: CUDA GPUs of compute capability 8.0 or more
+    (asked of ``device``'s own index, default the current device), CPUs whose oneDNN has bf16 kernels (AVX-512 BF16 /
+    AMX).  ``torch.cuda.is_bf16_supported()`` alone is not enough: it also counts GPUs that only emulate bf16 (V100,
+    T4), where bf16 is slower than float32.  Elsewhere (e.g. AVX2-only CPUs) bf16 convolutions fall back to slow
     reference loops, many times slower than float32."""
     if device.type == "cuda":
-        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+        if not torch.cuda.is_available():
+            return False
+        index = torch.cuda.current_device() if device.index is None else device.index
+        return (tuple(torch.cuda.get_device_capability(index)) >= NATIVE_BF16_CAPABILITY
+                and torch.cuda.is_bf16_supported())
     if device.type == "cpu":
         return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
     return False
