@@ -63,7 +63,7 @@ def instance_norm_plus(x, gamma, alpha, beta, fused=False):
     """InstanceNorm++ of x (B, F, H, W): the official order of operations, or (``fused``) the one-pass affine form
     where no gradient is taken (sampling, test losses).  Under autograd the official form is kept even when ``fused``:
     its backward is instance_norm's single kernel, while the affine form's backward is a chain of full-size passes
-    (measured slower in training, README "Speed")."""
+    (measured slower in training, docs/speed.md)."""
     if fused and not (torch.is_grad_enabled() and x.requires_grad):
         return _instance_norm_plus_fused(x, gamma, alpha, beta)
     return _instance_norm_plus(x, gamma, alpha, beta)
