@@ -27,7 +27,7 @@ def parse_args(argv=None):
                    help=f"one of {', '.join(RUNNERS)}")
     p.add_argument("--config", type=str, default=None,
                    help="a file in configs/ or a path (default anneal.yml; with --resume_training: the run's own; "
-                        "with --test/--eval/--compare: only its sampling and eval sections, over the run's)")
+                        "with --test/--eval/--compare: only its sampling, eval and compute sections, over the run's)")
     p.add_argument("--seed", type=int, default=1234, help="random seed")
     p.add_argument("--run", type=str, default="run", help="folder for logs, tensorboard and data sets")
     p.add_argument("--doc", type=str, default="0", help="name of the run: logs go to <run>/logs/<doc>")

@@ -20,7 +20,7 @@ float32).
 
 The network, objective, precision and step are built by the runners' own functions (AnnealRunner.build_model,
 training.precision.prepare_model / score_function / resolve_amp, ncsn_objective, training.loop.forward_loss and
-update, sampling.anneal_langevin_dynamics), so a speed option is wired once.  Speed claims in README.md come from here.
+update, sampling.anneal_langevin_dynamics), so a speed option is wired once.  The speed numbers of docs/speed.md come from here.
 """
 import argparse
 import dataclasses

@@ -1,8 +1,8 @@
-"""Sanity checks of the offline FID Inception network on real images; the numbers in evaluation/README_NOTES.md.
+"""Sanity checks of the offline FID Inception network on real images; the numbers in docs/evaluation.md.
 
-    python benchmarks/inception_checks.py [--n 200] [--data ../shared/data] [--threads 1]
+    python benchmarks/inception_checks.py --data DATA [--n 200] [--threads 1]
 
-Reads MNIST (torchvision raw layout) and the CIFAR-10 PNG folder under --data, extracts Inception features with
+Reads MNIST (torchvision raw layout: DATA/MNIST/raw/) and the CIFAR-10 PNG folder DATA/cifar10_png/train/, extracts Inception features with
 evaluation.inception_features() and prints: FID/KID of a set against itself, MNIST test vs other MNIST test images and
 vs MNIST train images, FID as Gaussian pixel noise grows, CIFAR-10 train halves, and MNIST vs CIFAR-10.
 """
@@ -27,10 +27,14 @@ def fid(f1, f2):
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--n", type=int, default=200)
-    p.add_argument("--data", default=str(Path(__file__).resolve().parents[2] / "shared" / "data"))
+    p.add_argument("--data", required=True,
+                   help="folder holding MNIST/raw/ (torchvision layout) and cifar10_png/train/<class>/*.png")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--sigmas", default="8,16,32,64")
     args = p.parse_args()
+    if not (Path(args.data) / "MNIST" / "raw").is_dir():
+        p.error(f"--data {args.data}: no MNIST/raw/ folder there; point --data at a folder holding MNIST/raw/ "
+                f"(torchvision's layout) and cifar10_png/train/<class>/*.png")
     torch.set_num_threads(args.threads)
     import torchvision
     n = args.n

@@ -25,7 +25,7 @@ class Training:
     batch_size: int = 128
     n_epochs: int = 500000
     n_iters: int = 200001
-    ngpu: int = 1                      # accepted for compatibility; multi-GPU: torchrun (README)
+    ngpu: int = 1                      # accepted for compatibility; multi-GPU: torchrun (docs/multi_gpu.md)
     snapshot_freq: int = 5000
     algo: str = "dsm"                  # 'dsm' or 'ssm'
     anneal_power: float = 2.0

@@ -5,7 +5,8 @@ gives the mixture with the same means and weights and std sqrt(std^2 + sigma^2):
 ``score(x, sigma)`` are that density and its exact gradient, in closed form (sigma = 0 is the data itself).
 
 Note: the official ``GMMDistAnneal.score(x, sigma)`` used components of std ``sigma`` instead of
-sqrt(1 + sigma^2); it is exact only at sigma = 1 (official.md Sec. 4.4).  Here the perturbed score is the true one.
+sqrt(1 + sigma^2) (in the official ``models/gmm.py``); it is exact only at sigma = 1.  Here the perturbed score is the
+true one.
 
 The metrics of samples from them (mode weights, MMD) live in evaluation/toy_metrics.py.
 """

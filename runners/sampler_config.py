@@ -23,7 +23,7 @@ class SamplerChoice:
 
 
 def sampler_from_config(config, n_levels):
-    """The sampler of ``sampling.method`` with its ``sampling.*`` settings bound (see README, Samplers)."""
+    """The sampler of ``sampling.method`` with its ``sampling.*`` settings bound (see docs/sampling.md)."""
     smp, d = config.sampling, config.data
     method = smp.method
     if method == "langevin":

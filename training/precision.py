@@ -37,7 +37,7 @@ def native_bf16(device):
     return False
 
 
-AUTO_BF16_MIN_SIZE = 16     # measured: at 8x8 the network is too small for bf16 to pay (README "Speed")
+AUTO_BF16_MIN_SIZE = 16     # measured: at 8x8 the network is too small for bf16 to pay (docs/speed.md)
 
 
 def resolve_amp(amp, device, image_size=None):
@@ -65,7 +65,7 @@ def prepare_model(model, compute, training=False):
     """Apply ``compute``'s layout and kernels to a bare network on its device, in place (before any wrapper):
     channels-last weights and the fused InstanceNorm++ (every module with a ``fused`` switch; it acts where no
     gradient is taken).  A network for training on a CPU stays NCHW whatever ``compute.channels_last`` says: measured
-    there, channels-last made training steps slower (0.95x digits, 0.72x MNIST; README "Speed").  State-dict keys are
+    there, channels-last made training steps slower (0.95x digits, 0.72x MNIST; docs/speed.md).  State-dict keys are
     unchanged."""
     for module in model.modules():
         if hasattr(module, "fused"):

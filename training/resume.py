@@ -125,7 +125,7 @@ def restore_training_state(state, *, model, optimizer, path, streams=None, scale
     load_model_state(model, state, path)
     if state.get("optimizer") is not None:
         saved = dict(state["optimizer"])
-        # implementation flags (foreach, fused, capturable, maximize, ...) are this machine's optimizer's, not the file's
+        # implementation flags (foreach, fused, capturable, maximize, ...) belong to the running torch's optimizer, not to the file
         saved["param_groups"] = [{**g, **{k: v for k, v in built.items() if k not in HYPERPARAMETERS}}
                                  for g, built in zip(saved["param_groups"], fresh)]
         try:

@@ -116,8 +116,8 @@ def check_rng_state(state):
 
 def set_rng_state(state):
     """Restore a :func:`rng_state` (check it first with :func:`check_rng_state`).  CUDA states are restored for the
-    devices this machine has (a checkpoint of a machine with more GPUs keeps the extra states unused).  States loaded
-    onto a GPU are restored from their CPU copies."""
+    devices present (a checkpoint of a machine with more GPUs keeps the extra states unused).  States loaded onto a
+    GPU are restored from their CPU copies."""
     state = on_cpu(state)
     random.setstate(_as_tuple(state["python"]))
     torch.set_rng_state(state["torch"])
