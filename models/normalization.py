@@ -97,14 +97,9 @@ def _instance_norm_plus_fused(x, gamma, alpha, beta):
 def instance_norm_plus(x, gamma, alpha, beta, fused=False):
     """InstanceNorm++ of x (B, F, H, W): the official order of operations, or (``fused``) the one-pass affine form
     where no gradient is taken (sampling, test losses).  Under autograd the official form is kept even when ``fused``:
-<<<<<<< HEAD
     for NCHW x its backward is instance_norm's single kernel, while the affine form's backward is a chain of
-    full-size passes (measured slower in training, README "Speed").  A channels-last x (a CUDA training network) is
+    full-size passes (measured slower in training, docs/speed.md).  A channels-last x (a CUDA training network) is
     normalised with layout-preserving reductions (:func:`_instance_norm`).  The output has x's dtype and layout."""
-=======
-    its backward is instance_norm's single kernel, while the affine form's backward is a chain of full-size passes
-    (measured slower in training, docs/speed.md)."""
->>>>>>> docs
     if fused and not (torch.is_grad_enabled() and x.requires_grad):
         return _instance_norm_plus_fused(x, gamma, alpha, beta)
     return _instance_norm_plus(x, gamma, alpha, beta)
