@@ -15,20 +15,10 @@ import main as cli
 import evaluation.export
 from conftest import REPO, tiny_digits_config
 
+sys.path.insert(0, str(REPO / "benchmarks"))
+from gpu_check_setup import StandInInception  # noqa: E402  (one stand-in, shared with the device check)
+
 pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.*deprecated:FutureWarning")
-
-
-class StandInInception(torch.nn.Module):
-    """NVIDIA's calling convention ([0, 255] input, 2048 features or 1008 logits), a few hundred FLOPs per image."""
-
-    def __init__(self):
-        super().__init__()
-        self.feat = torch.nn.Linear(3 * 4 * 4, 2048)
-        self.head = torch.nn.Linear(2048, 1008)
-
-    def forward(self, img: torch.Tensor, return_features: bool = False) -> torch.Tensor:
-        f = torch.tanh(self.feat(torch.nn.functional.adaptive_avg_pool2d(img / 255, 4).flatten(1)))
-        return f if return_features else self.head(f)
 
 
 @pytest.fixture(scope="module")

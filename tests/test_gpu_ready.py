@@ -122,3 +122,43 @@ def test_the_suite_runs_on_the_cpu_unless_a_test_is_a_cuda_test():
     out = subprocess.run([sys.executable, "-c", "import torch; print(torch.cuda.is_available())"],
                          capture_output=True, text=True, check=True).stdout.strip()
     assert out == "False"
+
+
+def test_the_device_check_lists_its_steps_on_a_cpu(tmp_path):
+    """``bash benchmarks/gpu_check.sh --dry-run`` runs anywhere: every step with its time limit and command, within
+    8 minutes in all, nothing run and nothing written; an unknown option is one line and exit 2."""
+    import re
+    env = dict(os.environ, OUT=str(tmp_path / "out"))
+    p = subprocess.run(["bash", str(REPO / "benchmarks" / "gpu_check.sh"), "--dry-run"], capture_output=True,
+                       text=True, env=env, timeout=60)
+    assert p.returncode == 0, p.stderr
+    steps = re.findall(r"^\[(\w+)\] \(at most (\d+) s\)\n    (.+)$", p.stdout, flags=re.M)
+    assert [s[0] for s in steps] == ["env", "tests", "cli", "bench", "compile", "export"]
+    assert sum(int(s[1]) for s in steps) <= 480
+    commands = dict((s[0], s[2]) for s in steps)
+    assert "-m cuda" in commands["tests"] and "tests/test_cuda.py" in commands["tests"]
+    for flag in ("--resume_training", "--test", "--eval", "--compare", "s_$s.yml", "--device cuda"):
+        assert flag in commands["cli"], flag
+    assert "--compile" in commands["compile"] and "--export 50000" in commands["export"]
+    assert "--settings mnist cifar10" in commands["bench"]
+    assert not (tmp_path / "out").exists()
+    bad = subprocess.run(["bash", str(REPO / "benchmarks" / "gpu_check.sh"), "--nope"], capture_output=True,
+                         text=True, timeout=60)
+    assert bad.returncode == 2 and bad.stderr.strip().startswith("error: unknown option --nope")
+
+
+def test_the_device_check_inputs_are_valid_configs_and_a_scripted_extractor(tmp_path):
+    import yaml
+
+    from configs import config_from_dict
+    from evaluation import inception_features
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import gpu_check_setup
+    gpu_check_setup.main(tmp_path)
+    train, more = (config_from_dict(yaml.safe_load((tmp_path / f).read_text())) for f in ("train.yml", "more.yml"))
+    assert (train.training.n_iters, more.training.n_iters) == (200, 300) and train.data.dataset == "DIGITS"
+    for name in gpu_check_setup.SAMPLERS:
+        overlay = yaml.safe_load((tmp_path / f"s_{name}.yml").read_text())
+        config_from_dict({**yaml.safe_load((tmp_path / "train.yml").read_text()), **overlay})
+    extractor = inception_features(weights=train.eval.inception_weights)
+    assert extractor(torch.zeros(2, 8, 8, 1, dtype=torch.uint8)).shape == (2, 2048)
