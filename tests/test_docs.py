@@ -22,6 +22,7 @@ PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 # files the docs name as examples for the reader to write (overlays, the broken configs of the error table) or that a
 # run writes; they are not shipped in configs/
 EXAMPLE_FILES = {
+    "ssm_compiled.yml",                                      # docs/reliability.md: a refused config
     "config.yml",                                            # the config a run writes into run/logs/<doc>/
     "my.yml", "inpaint.yml", "bpd.yml", "eval_is.yml", "longer.yml", "new_lr.yml",       # overlays and examples
     "missing.yml", "empty.yml", "broken.yml", "typo.yml", "type.yml", "neglr.yml", "sigmas.yml", "batch0.yml",
