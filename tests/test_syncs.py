@@ -23,13 +23,14 @@ COLLECTIVES = ("all_reduce", "all_gather", "all_gather_into_tensor", "broadcast"
 def record_syncs(patch, events):
     """Append ('sync', method) to ``events`` whenever the project's code (not the tests, not torch, not datasets/,
     whose index orders and images are host tensors by design) reads a tensor on the host: on a GPU each of these
-    waits for the device."""
-    project, skipped = str(REPO), (str(REPO / "tests"), str(REPO / "datasets"))
+    waits for the device.  Installed packages are not the project's, also when the virtual environment lives inside
+    the checkout (``.venv/``, as the README's commands make it): torch's Adam reads its CPU step counters."""
+    project, skipped = str(REPO), (str(REPO / "tests"), str(REPO / "datasets"), str(REPO / ".venv"))
 
     def wrap(name, real):
         def wrapper(self, *args, **kwargs):
             caller = sys._getframe(1).f_code.co_filename
-            if caller.startswith(project) and not caller.startswith(skipped):
+            if caller.startswith(project) and not caller.startswith(skipped) and "site-packages" not in caller:
                 events.append(("sync", name))
             return real(self, *args, **kwargs)
         return wrapper
