@@ -198,7 +198,7 @@ def test_runner_trains_and_tests_on_real_data(shared, tmp_path, capfd, runner, d
         assert result["n_examples"] == {"FOLDER": 20, "CELEBA": 32}[dataset] and result["step"] == 3
         assert math.isfinite(result["test_loss"]) and (out / "figure1.png").is_file()
         return
-    samples = torch.load(out / "samples.pth")
+    samples = torch.load(out / "samples.pth", weights_only=True)
     assert samples.shape == (4, c, s, s) and samples.min() >= 0 and samples.max() <= 1
     side = 2 * s + 3 * 2                                                # 2x2 grid, padding 2 (no upscaling at >= 28)
     assert Image.open(out / "samples.png").size == (side, side)

@@ -67,7 +67,7 @@ def test_torchrun_trains_one_run_that_a_single_process_loads_and_samples(tmp_pat
 
     p = run_main(["--doc", "d", "--test", "-o", str(tmp_path / "img"), "--device", "cpu"], tmp_path)
     assert p.returncode == 0, p.stderr[-3000:]
-    samples = torch.load(tmp_path / "img" / "samples.pth")
+    samples = torch.load(tmp_path / "img" / "samples.pth", weights_only=True)
     assert samples.shape == (4, 1, 8, 8) and torch.isfinite(samples).all()
 
 
@@ -118,7 +118,7 @@ def test_two_ranks_keep_identical_weights_equal_to_one_process_on_the_whole_batc
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     mp.spawn(_worker, args=(tmp_path, port), nprocs=2, join=True)
-    r0, r1 = (torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1))
+    r0, r1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1))
     torch.manual_seed(100)
     start = torch.nn.Sequential(torch.nn.Linear(4, 16), torch.nn.Tanh(), torch.nn.Linear(16, 1)).state_dict()
     single = _toy_training(tmp_path, 0, 1)                    # the same run in one process, whole batches

@@ -34,7 +34,7 @@ def test_test_with_new_samplers(trained, tmp_path, capfd, sampling):
     rc, err = main_in_process(capfd, "--test", "--config", over, "--doc", "s", "--run", trained / "run", "-o", out)
     assert rc == 0, err
     name = "inpainting" if sampling.get("inpainting") else "samples"
-    samples = torch.load(out / f"{name}.pth")
+    samples = torch.load(out / f"{name}.pth", weights_only=True)
     assert samples.shape == (4, 1, 8, 8) and torch.isfinite(samples).all() and samples.std() > 0
     assert any(f"'method': '{sampling['method']}'" in line for line in err)
     if sampling["method"] == "ode":

@@ -91,7 +91,8 @@ def load_checkpoint(path, map_location="cpu"):
         state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:      # torch raises many types for truncated/corrupt/unsafe files; all mean "bad file"
         text = " ".join(str(e).split())
-        found = re.search(r"Unsupported global: GLOBAL (\S+)", text)
+        # a builtin's name: 'builtins.getattr' in torch 2.4, 'getattr' in 2.14; the message says the short one
+        found = re.search(r"Unsupported global: GLOBAL (?:builtins\.)?(\S+)", text)
         if found:
             raise UserError(f"refusing to load checkpoint {path}: it holds Python objects ({found[1]}), not only "
                             f"tensors and plain data, and loading them could run code") from e

@@ -86,10 +86,19 @@ def is_main():
     return rank() == 0
 
 
+_SCALARS = {}       # device -> the one float64 scalar that every _all_reduce on it reuses
+
+
 def _all_reduce(value, op):
+    # The reduced tensor stays referenced here.  A fresh tensor per call could see its last reference dropped by
+    # gloo's worker thread just after the collective; that thread then needs the GIL, and in torch 2.4 (before
+    # pytorch PR #154976) destroy_process_group holds the GIL while it waits for that thread: a hang at exit.
     dist = torch.distributed
-    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else None
-    t = torch.tensor(float(value), dtype=torch.float64, device=device)
+    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
+    if device not in _SCALARS:
+        _SCALARS[device] = torch.zeros((), dtype=torch.float64, device=device)
+    t = _SCALARS[device]
+    t.fill_(float(value))
     dist.all_reduce(t, op=op)
     return t.item()
 
