@@ -87,6 +87,7 @@ def is_main():
 
 
 _SCALARS = {}       # device -> the one float64 scalar that every _all_reduce on it reuses
+_LAST_GATHER = []   # the tensors of the last mean_and_max, for the same reason
 
 
 def _all_reduce(value, op):
@@ -125,6 +126,7 @@ def mean_and_max(tensor, number):
                         torch.full((), float(number), dtype=torch.float64, device=tensor.device)])
     rows = [torch.empty_like(mine) for _ in range(world_size())]
     dist.all_gather(rows, mine)
+    _LAST_GATHER[:] = [mine, *rows]     # kept referenced until the next step: see _all_reduce
     table = torch.stack(rows).tolist()
     return sum(row[0] for row in table) / len(table), max(row[1] for row in table)
 
