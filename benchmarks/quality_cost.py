@@ -59,6 +59,7 @@ class ImageProblem:
     metric, metric_label, weight_names = "fid", "FID (lower is better)", {"ema": "EMA weights", "raw": "raw weights"}
 
     def __init__(self, cfg, log, run, device):
+        from datasets import data_root
         from evaluation import inception_features, stats_cache_path
         from runners.anneal_runner import AnnealRunner, make_sigmas
         from runners.evaluate import reference_set
@@ -77,8 +78,7 @@ class ImageProblem:
         self.extractor = inception_features(weights=cfg.eval.inception_weights, allow_download=cfg.eval.allow_download,
                                             device=str(device))
         self.reference, self.source = reference_set(cfg, run)
-        data_root = Path(d.root).expanduser() if d.root else Path(run) / "datasets"
-        self.cache = stats_cache_path(data_root, d.dataset, cfg.eval.reference_split, self.extractor)
+        self.cache = stats_cache_path(data_root(d, run), d.dataset, cfg.eval.reference_split, self.extractor)
 
     def weights(self, which):
         main = "ema" if "ema" in self.scores else "raw"

@@ -2,11 +2,11 @@
 ``!!python/object:argparse.Namespace``, read as data; duplicate keys and absurd integers refused), validating them
 into a Config, laying a trained run's overlay over its config, and writing ``config.yml`` atomically."""
 import dataclasses
-import os
 from pathlib import Path
 
 import yaml
 
+from atomic import atomic_write
 from configs.build import config_from_dict, key_name
 from errors import ConfigError
 
@@ -185,14 +185,5 @@ def config_to_dict(cfg):
 
 def dump_config(cfg, path):
     """Write the full config (defaults included) as plain YAML, atomically."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        with open(tmp, "w") as f:
-            yaml.safe_dump(config_to_dict(cfg), f, default_flow_style=False, sort_keys=False)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():                # only after a failure: never leave a half-written file behind
-            tmp.unlink()
+    text = yaml.safe_dump(config_to_dict(cfg), default_flow_style=False, sort_keys=False)
+    atomic_write(path, text.encode())

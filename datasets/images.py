@@ -140,13 +140,18 @@ def _torchvision(data_cfg, root, download):
     raise ConfigError(f"unknown data set {name}")
 
 
+def data_root(data_cfg, run):
+    """The folder holding the data sets (and their cached statistics): ``data.root``, else ``<run>/datasets``."""
+    return Path(os.path.expanduser(data_cfg.root or os.path.join(run, "datasets")))
+
+
 def get_dataset(data_cfg, default_root):
     """Return ``(train, test)`` for ``data_cfg`` (a configs.schema.Data); raise UserError when data is missing.
 
     Images are checked against ``data.channels`` and ``data.image_size`` before any training starts.
     """
     name = data_cfg.dataset
-    root = os.path.expanduser(data_cfg.root or os.path.join(default_root, "datasets"))
+    root = str(data_root(data_cfg, default_root))
     try:
         if name == "DIGITS":
             train, test = _digits(data_cfg)

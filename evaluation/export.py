@@ -8,13 +8,13 @@ an interrupted export continues where it stopped and ends with the same file.  `
 a folder holding another export's batches is refused.
 """
 import json
-import os
 from pathlib import Path
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
+from atomic import atomic_write
 from errors import UserError
 
 MANIFEST = "export.json"
@@ -30,29 +30,20 @@ def batch_sizes(n, batch_size):
     return [min(batch_size, n - start) for start in range(0, n, batch_size)]
 
 
+def check_diverged(samples, note=""):
+    """A UserError ``sampling diverged: ...`` if any of the (N, ...) ``samples`` holds a non-finite value (a chain
+    that blew up); ``note`` goes after the count, e.g. what was not written."""
+    bad = int((~torch.isfinite(samples.flatten(1))).any(1).sum())
+    if bad:
+        raise UserError(f"sampling diverged: {bad} of {len(samples)} samples hold non-finite values{note} (a smaller "
+                        f"sampling.step_lr may help)")
+
+
 def to_uint8_nhwc(images):
     """(N, C, H, W) floats in [0, 1] -> (N, H, W, C) uint8 (round to nearest, as the sample grids do).  Non-finite
     values (a diverged chain) are an error, not black pixels."""
-    bad = int((~torch.isfinite(images.flatten(1))).any(1).sum())
-    if bad:
-        raise UserError(f"sampling diverged: {bad} of {len(images)} samples hold non-finite values (a smaller "
-                        f"sampling.step_lr may help)")
+    check_diverged(images)
     return images.detach().float().mul(255).add_(0.5).clamp_(0, 255).to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
-
-
-def _atomic_save(path, write):
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except OSError as e:
-        raise UserError(f"cannot write {path}: {e.strerror or e}") from e
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
 def start_export(folder, settings):
@@ -70,7 +61,7 @@ def start_export(folder, settings):
                             f"or --overwrite")
         return
     (folder / "batches").mkdir(parents=True, exist_ok=True)
-    _atomic_save(path, lambda f: f.write((json.dumps(settings, indent=2) + "\n").encode()))
+    atomic_write(path, lambda f: f.write((json.dumps(settings, indent=2) + "\n").encode()))
 
 
 def export_batches(draw, n, batch_size, seed, folder, batches=None, progress=True):
@@ -87,7 +78,7 @@ def export_batches(draw, n, batch_size, seed, folder, batches=None, progress=Tru
             images = np.asarray(draw(sizes[k]))
         if images.dtype != np.uint8 or images.ndim != 4 or len(images) != sizes[k]:
             raise ValueError(f"draw({sizes[k]}) returned {images.dtype} {images.shape}, not uint8 (N, H, W, C)")
-        _atomic_save(Path(folder) / "batches" / f"batch_{k:06d}.npy", lambda f, a=images: np.save(f, a))
+        atomic_write(Path(folder) / "batches" / f"batch_{k:06d}.npy", lambda f, a=images: np.save(f, a))
     return todo
 
 
@@ -106,5 +97,5 @@ def assemble(folder, n, batch_size):
         parts.append(part)
     samples = np.concatenate(parts)
     out = folder / "samples.npz"
-    _atomic_save(out, lambda f: np.savez(f, samples=samples))
+    atomic_write(out, lambda f: np.savez(f, samples=samples))
     return out

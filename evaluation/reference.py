@@ -8,15 +8,14 @@ leaves a half-written cache.
 """
 import json
 import logging
-import os
 import re
-import tempfile
 import zipfile
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from atomic import atomic_write
 from errors import UserError
 from evaluation.features import images_to_nchw
 from evaluation.metrics import feature_statistics
@@ -103,20 +102,6 @@ def _read_cache(path):
     return out
 
 
-def _write_atomic(path, **arrays):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
-
-
 def reference_statistics(images_or_dataset, extractor, cache_path, source="", max_features=10000):
     """``{'mu', 'sigma', 'features', 'meta', 'cached'}`` of the reference images under ``extractor``.
 
@@ -147,5 +132,7 @@ def reference_statistics(images_or_dataset, extractor, cache_path, source="", ma
     if len(feats) > max_features:
         keep = feats[feature_rows(len(feats), max_features)]
     keep = keep.astype(np.float32)
-    _write_atomic(cache_path, mu=mu, sigma=sigma, features=keep, meta=np.array(json.dumps(meta)))
+    cache_path.parent.mkdir(parents=True, exist_ok=True)
+    meta_array = np.array(json.dumps(meta))
+    atomic_write(cache_path, lambda f: np.savez(f, mu=mu, sigma=sigma, features=keep, meta=meta_array))
     return {"mu": mu, "sigma": sigma, "features": keep.astype(np.float64), "meta": meta, "cached": False}

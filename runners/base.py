@@ -6,7 +6,7 @@ import torch
 
 from errors import ConfigError, UserError, is_allocation_error
 from training.checkpoint import load_trained
-from training.precision import maybe_compile, prepare_model, score_function
+from training.precision import maybe_compile, nonfinite_parameters, prepare_model, score_function
 
 # network constructor arguments -> the config keys they come from (to name the key in an error)
 CONFIG_KEYS = {"channels": "data.channels", "image_size": "data.image_size", "ngf": "model.ngf",
@@ -74,7 +74,7 @@ class Runner:
         EMA weights when the checkpoint has them (``load_trained``).  Non-finite weights are refused: sampling from
         them gives only NaN images."""
         model, state = load_trained(self.new_model(model), path, self.device)
-        bad = [n for n, p in model.named_parameters() if not bool(torch.isfinite(p).all())]
+        bad = nonfinite_parameters(model)
         if bad:
             raise UserError(f"checkpoint {path} holds non-finite weights ({', '.join(bad[:3])}"
                             f"{', ...' if len(bad) > 3 else ''}); nothing to sample from it; use an earlier "

@@ -28,7 +28,6 @@ import csv
 import json
 import logging
 import math
-import re
 from pathlib import Path
 
 import torch
@@ -38,10 +37,7 @@ from datasets import get_dataset
 from errors import UserError
 from evaluation.test_loss import fixed_transform, per_level_test_loss
 from runners.outputs import prepare_output_folder
-from training.checkpoint import uses_ema
-
-_NUMBERED = re.compile(r"checkpoint_(\d+)\.pth")
-
+from training.checkpoint import snapshot_step, uses_ema
 
 def find_checkpoints(log_dir, checkpoints=None):
     """[(step or None, path)] to compare: ``checkpoints`` (names in ``log_dir`` or paths, in the order given), else
@@ -53,19 +49,14 @@ def find_checkpoints(log_dir, checkpoints=None):
         missing = [str(p) for p in paths if not p.is_file()]
         if missing:
             raise UserError(f"model comparison: no checkpoint at {missing[0]}")
-        return [(_step_from_name(p), p) for p in paths]
-    numbered = sorted((int(m[1]), p) for p in log_dir.glob("checkpoint_*.pth")
-                      if (m := _NUMBERED.fullmatch(p.name)) and p.is_file())
+        return [(snapshot_step(p), p) for p in paths]
+    numbered = sorted((step, p) for p in log_dir.glob("checkpoint_*.pth")
+                      if (step := snapshot_step(p)) is not None and p.is_file())
     if numbered:
         return numbered
     if (log_dir / "checkpoint.pth").is_file():
         return [(None, log_dir / "checkpoint.pth")]
     raise UserError(f"model comparison: no checkpoint_<step>.pth or checkpoint.pth in {log_dir}; train the run first")
-
-
-def _step_from_name(path):
-    m = _NUMBERED.fullmatch(Path(path).name)
-    return int(m[1]) if m else None
 
 
 def loss_settings(runner, objective=None):

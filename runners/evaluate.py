@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from torch.utils.data import Subset
 
-from datasets import get_dataset
+from datasets import data_root, get_dataset
 from errors import UserError
 from evaluation.export import MANIFEST, assemble, batch_sizes, export_batches, start_export
 from evaluation.reference import feature_rows
@@ -80,8 +80,7 @@ def evaluate_run(runner, draw, state, sampling):
     if e.save_png:
         _write_pngs(samples, folder / "png")
     reference, source = reference_set(cfg, args.run)
-    data_root = Path(cfg.data.root).expanduser() if cfg.data.root else Path(args.run) / "datasets"
-    cache = stats_cache_path(data_root, cfg.data.dataset, e.reference_split, extractor)
+    cache = stats_cache_path(data_root(cfg.data, args.run), cfg.data.dataset, e.reference_split, extractor)
     scores = image_scores(samples, reference, extractor, cache, source, kid_subset_size=e.kid_subset_size)
     metrics = {**scores, "reference": source, "reference_statistics": str(cache), "samples": str(path),
                "checkpoint_step": state.get("step"), "ema": uses_ema(state), "seed": args.seed,

@@ -1,6 +1,7 @@
 """What runs write for people: log lines (through tqdm, so progress bars stay intact), image grids, GIFs, sample
 folders, and the output folder of ``--test``.  Used by main.py and the runners; nothing here trains or evaluates."""
 import csv
+import io
 import logging
 import sys
 from pathlib import Path
@@ -8,7 +9,9 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from atomic import atomic_write
 from errors import UserError
+from evaluation.export import check_diverged
 
 LOG_FORMAT = "%(levelname)s - %(filename)s - %(asctime)s - %(message)s"
 
@@ -101,10 +104,7 @@ def sample_to_folder(sampler, x, *, total, folder, data_cfg, sampling_cfg, nrow,
         x = sampler(x, callback)
     finally:
         bar.close()
-    diverged = int((~torch.isfinite(x.flatten(1))).any(1).sum())
-    if diverged:
-        raise UserError(f"sampling diverged: {diverged} of {len(x)} samples hold non-finite values; nothing written "
-                        f"(a smaller sampling.step_lr may help)")
+    check_diverged(x, note="; nothing written")
     samples = inverse_data_transform(x, data_cfg).cpu()                               # (N, C, H, W)
     images, grid_nrow = grid(samples) if grid is not None else (samples, nrow)
     save_grid(images, folder / f"{name}.png", grid_nrow)
@@ -157,10 +157,9 @@ class LossLog:
     def __init__(self, writer, path, start_step=0):
         self.writer, self.path = writer, Path(path)
         rows = [r for r in read_rows(self.path) if int(r[0]) <= start_step] if start_step else []
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        with open(tmp, "w", newline="") as f:              # the kept rows replace the old file in one rename
-            csv.writer(f).writerows([("step", "tag", "value"), *rows])
-        tmp.replace(self.path)
+        kept = io.StringIO(newline="")
+        csv.writer(kept).writerows([("step", "tag", "value"), *rows])
+        atomic_write(self.path, kept.getvalue().encode())   # the kept rows replace the old file in one rename
         self.file = open(self.path, "a", newline="")
         self.csv = csv.writer(self.file)
 

@@ -7,45 +7,25 @@ state-dict keys (no ``module.`` / ``_orig_mod.`` prefix); the official list form
 """
 import io
 import logging
-import os
 import re
 from pathlib import Path
 
 import torch
 
+from atomic import atomic_write
 from configs import config_to_dict
 from errors import UserError
 from training.precision import unwrap
 from training.rng import rng_state
 
 CHECKPOINT_VERSION = 2
+_SNAPSHOT = re.compile(r"checkpoint_(\d+)\.pth")
 
 
-def atomic_write(path, data):
-    """Write bytes to ``path`` through a temporary file and a rename: a crash never leaves a half file.
-
-    A failed write (disk full, no permission) is a UserError; ``path`` then still holds its previous content.
-    """
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        if os.name == "posix":                      # make the rename itself durable
-            fd = os.open(path.parent, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-    except OSError as e:
-        raise UserError(f"cannot write checkpoint {path}: {e.strerror or e}; the previous {path.name} (if any) "
-                        f"is unchanged") from e
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+def snapshot_step(path):
+    """The step of a numbered snapshot ``checkpoint_{step}.pth``; None for any other file name."""
+    m = _SNAPSHOT.fullmatch(Path(path).name)
+    return int(m[1]) if m else None
 
 
 def save_checkpoint(paths, *, model, optimizer, step, sigmas, config, streams=None, scaler=None, ema=None):
@@ -68,7 +48,8 @@ def save_checkpoint(paths, *, model, optimizer, step, sigmas, config, streams=No
     buf = io.BytesIO()
     torch.save(state, buf)
     for p in sorted(paths, key=lambda p: Path(p).name == "checkpoint.pth"):     # stable: the others keep their order
-        atomic_write(p, buf.getvalue())
+        atomic_write(p, buf.getvalue(), what="checkpoint ", sync_folder=True,
+                     note=f"; the previous {Path(p).name} (if any) is unchanged")
 
 
 def stream_state(stream):

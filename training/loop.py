@@ -20,7 +20,7 @@ from configs import dump_config
 from errors import NonFiniteLoss, TrainingInterrupted, UserError
 from training.checkpoint import save_checkpoint
 from training.distributed import barrier, dist_mean, is_main, mean_and_max, world_size
-from training.precision import autocast_context, unwrap
+from training.precision import autocast_context, nonfinite_parameters, unwrap
 from training.signals import stop_on_signals
 
 
@@ -92,7 +92,7 @@ def train_loop(setup, objective):
     last_saved = s.start_step
 
     def save(step):
-        bad = [n for n, p in unwrap(model).named_parameters() if not bool(torch.isfinite(p).all())]
+        bad = nonfinite_parameters(model)
         if bad:     # never replace a good checkpoint with a broken one
             raise NonFiniteLoss(f"non-finite parameters ({', '.join(bad[:3])}) after step {step}; not saved; "
                                 f"{_kept(log_dir, last_saved)}")

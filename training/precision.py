@@ -138,3 +138,8 @@ def unwrap(model):
             model = model.module
         else:
             return model
+
+
+def nonfinite_parameters(model):
+    """Names (official keys, see :func:`unwrap`) of the parameters of ``model`` holding a NaN or an infinity."""
+    return [n for n, p in unwrap(model).named_parameters() if not bool(torch.isfinite(p).all())]

@@ -10,12 +10,11 @@ import torch
 
 from configs import config_to_dict
 from errors import UserError, describe
-from training.checkpoint import load_checkpoint, load_model_state
+from training.checkpoint import load_checkpoint, load_model_state, snapshot_step
 from training.checkpoint_checks import HYPERPARAMETERS, check_training_state, is_int, nested_get
 from training.rng import set_rng_state
 
 
-_SNAPSHOT = re.compile(r"checkpoint_(\d+)\.pth")
 _TEMP = re.compile(r"\.checkpoint.*\.tmp(\d+)")
 
 
@@ -28,8 +27,8 @@ def find_resume_checkpoint(log_dir, map_location="cpu"):
     """
     log_dir = Path(log_dir)
     main = log_dir / "checkpoint.pth"
-    snapshots = sorted(((int(m[1]), p) for p in log_dir.glob("checkpoint_*.pth")
-                        if (m := _SNAPSHOT.fullmatch(p.name)) and p.is_file()), key=lambda x: x[0], reverse=True)
+    snapshots = sorted(((step, p) for p in log_dir.glob("checkpoint_*.pth")
+                        if (step := snapshot_step(p)) is not None and p.is_file()), key=lambda x: x[0], reverse=True)
     errors, best, floor = [], None, -1
     if main.is_file():
         try:
