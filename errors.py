@@ -10,7 +10,21 @@ class UserError(Exception):
 
 
 class ConfigError(UserError):
-    """A config value (or a combination of values) that cannot work."""
+    """A config value (or a combination of values) that cannot work; ``key`` names the config key when there is one
+    (``"model.ngf"``), as data, so that no caller has to read it out of the message."""
+
+    def __init__(self, message, key=None):
+        super().__init__(message)
+        self.key = key
+
+
+class ArgumentError(ValueError):
+    """A network constructor argument that cannot work: ``argument`` is its name (``"ngf"``), ``detail`` what is
+    wrong with it; the message is ``"<argument> <detail>"``.  A runner maps ``argument`` to its config key."""
+
+    def __init__(self, argument, detail):
+        super().__init__(f"{argument} {detail}")
+        self.argument, self.detail = argument, detail
 
 
 class NonFiniteLoss(UserError):
@@ -27,7 +41,8 @@ class TrainingInterrupted(Exception):
 
 def is_allocation_error(error):
     """True for a failed memory allocation (host or device), which must not be reported as, say, missing data."""
-    if isinstance(error, MemoryError) or type(error).__name__ == "OutOfMemoryError":
+    import torch
+    if isinstance(error, (MemoryError, torch.cuda.OutOfMemoryError)):
         return True
     text = str(error).lower()
     return isinstance(error, RuntimeError) and ("can't allocate memory" in text or "out of memory" in text

@@ -9,14 +9,29 @@ import os
 import sys
 import traceback
 
-import torch
+from compute.precision import unusable_inductor_cache
 
+INDUCTOR_CACHE_ERROR = unusable_inductor_cache()    # before the imports below import torchvision (and torch._dynamo)
+if INDUCTOR_CACHE_ERROR:
+    os.environ.pop("TORCHINDUCTOR_CACHE_DIR")       # so that they import; main() reports the one line
+
+import torch  # noqa: E402
+
+from commands import flow
+from commands.context import RunContext
+from commands.rundirs import prepare_run, settle_new_run
 from errors import TrainingInterrupted, UserError
+from reports.outputs import log_to_file, setup_logging
 from runners import RUNNERS, torchrun_refusal
-from runners.outputs import log_to_file, setup_logging
-from runners.rundirs import command, prepare_run, settle_new_run
-from training.distributed import (close_distributed, env_rank, init_distributed, is_main, main_process_first,
-                                  pick_device, rank)
+from training.distributed import (
+    close_distributed,
+    env_rank,
+    init_distributed,
+    is_main,
+    main_process_first,
+    pick_device,
+    rank,
+)
 from training.rng import seed_everything
 from training.signals import stop_with_message
 
@@ -26,8 +41,8 @@ def parse_args(argv=None):
     p.add_argument("--runner", type=str, default="AnnealRunner",
                    help=f"one of {', '.join(RUNNERS)}")
     p.add_argument("--config", type=str, default=None,
-                   help="a file in configs/ or a path (default anneal.yml; with --resume_training: the run's own; "
-                        "with --test/--eval/--compare: only its sampling, eval and compute sections, over the run's)")
+                   help="a file in configs/ or a path (default anneal.yml; with --resume_training: laid over the run's own; "
+                        "with --test/--eval/--compare: only its sampling, eval and compute sections and data.root, over the run's)")
     p.add_argument("--seed", type=int, default=1234, help="random seed")
     p.add_argument("--run", type=str, default="run", help="folder for logs, tensorboard and data sets")
     p.add_argument("--doc", type=str, default="0", help="name of the run: logs go to <run>/logs/<doc>")
@@ -46,65 +61,46 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
-SEED_MAX = 2 ** 32 - 1          # numpy's seed range; derived seeds (per rank, after a resume) wrap around
-
-
-def check_flags(args):
-    """Range and form checks of the flags, before anything else happens."""
-    doc = args.doc
-    if doc in ("", ".", "..") or "/" in doc or (os.altsep and os.altsep in doc) or \
-            not doc.isprintable() or len(doc.encode("utf-8", "surrogateescape")) > 255:
-        raise UserError(f"--doc must be one plain folder name (not empty, '.' or '..'; no '/', no control or "
-                        f"unprintable characters, at most 255 bytes); got {doc[:40]!r}{'...' if len(doc) > 40 else ''}")
-    if not 0 <= args.seed <= SEED_MAX:
-        raise UserError(f"--seed must be in [0, {SEED_MAX}], got {str(args.seed)[:40]}")
-    if args.test + args.eval + args.compare + args.resume_training > 1:
-        raise UserError("--test, --eval, --compare and --resume_training exclude each other")
-
-
-def run(args):
-    if args.runner not in RUNNERS:
-        raise UserError(f"unknown runner {args.runner[:40]!r}; choose one of {', '.join(RUNNERS)}")
-    check_flags(args)
-    args.log = os.path.join(args.run, "logs", args.doc)
-    args.tb = os.path.join(args.run, "tensorboard", args.doc)
-    device = init_distributed(pick_device(args.device), torchrun_refusal(args.runner, command(args)))
+def run(ctx):
+    """Prepare the run folders, set up logging, seeds and the device, and hand over to the command's flow."""
+    runner_class = RUNNERS[ctx.runner]
+    device = init_distributed(pick_device(ctx.device), torchrun_refusal(ctx.runner, ctx.command))
     try:
         # rank 0 alone checks, creates or deletes the run folders; the other ranks then only load the config
-        config = main_process_first(lambda main: prepare_run(args, create=main))
+        config = main_process_first(lambda main: prepare_run(ctx, runner_class, create=main))
         if config is None:
             return 1                    # rank 0 failed and prints why
-        if command(args) != "train" or args.resume_training:
-            return _run_runner(args, config, device)
+        if not ctx.new_run:
+            return _run_flow(ctx, runner_class, config, device)
         try:
-            result = _run_runner(args, config, device)
+            result = _run_flow(ctx, runner_class, config, device)
         except BaseException:
             if is_main():
-                settle_new_run(args, failed=True)
+                settle_new_run(ctx, failed=True)
             raise
         if is_main():
-            settle_new_run(args, failed=False)
+            settle_new_run(ctx, failed=False)
         return result
     finally:
         close_distributed()
 
 
-def _run_runner(args, config, device):
+def _run_flow(ctx, runner_class, config, device):
     if is_main():
-        setup_logging(args.level, None if command(args) != "train" else os.path.join(args.log, "stdout.txt"))
+        setup_logging(ctx.level, None if ctx.command != "train" else os.path.join(ctx.log, "stdout.txt"))
     else:                       # the other ranks only report warnings and errors, on the terminal
-        setup_logging(max(args.level, logging.WARNING))
-    logging.info("writing log file to %s", args.log)
+        setup_logging(max(ctx.level, logging.WARNING))
+    logging.info("writing log file to %s", ctx.log)
     logging.info("exp instance id = %d", os.getpid())
-    if args.comment:
-        logging.info("exp comment = %s", args.comment)
+    if ctx.comment:
+        logging.info("exp comment = %s", ctx.comment)
     logging.debug("config: %s", config)
 
     torch.backends.cudnn.benchmark = True
-    seed_everything(args.seed + rank())        # each rank draws its own noise; rank 0 as a single process
-    logging.info("runner %s on %s", args.runner, device)
-    runner = RUNNERS[args.runner](args, config, device)
-    getattr(runner, {"train": "train", "test": "test", "eval": "evaluate", "compare": "compare"}[command(args)])()
+    seed_everything(ctx.seed + rank())         # each rank draws its own noise; rank 0 as a single process
+    logging.info("runner %s on %s", ctx.runner, device)
+    runner = runner_class(ctx, config, device)
+    flow(runner, ctx.command)(ctx, runner)
     return 0
 
 
@@ -114,13 +110,15 @@ def main(argv=None):
     if not isinstance(level, int):
         print(f"error: unknown --verbose level {args.verbose!r}; use debug, info, warning or error", file=sys.stderr)
         return 2
-    args.level = level
+    if INDUCTOR_CACHE_ERROR:
+        print(f"error: {INDUCTOR_CACHE_ERROR}", file=sys.stderr)
+        return 1
     setup_logging(level)
     prefix = ""
     try:
         prefix = f"[rank {env_rank()}] " if env_rank() else ""
         with stop_with_message():
-            return run(args)
+            return run(RunContext.from_flags(args, level, RUNNERS))
     except UserError as e:
         if level <= logging.DEBUG:
             traceback.print_exc()

@@ -19,7 +19,7 @@ peak are added on CUDA, and each row's "% of peak" is against the peak of the ar
 float32).
 
 The network, objective, precision and step are built by the runners' own functions (AnnealRunner.build_model,
-training.precision.prepare_model / score_function / resolve_amp, ncsn_objective, training.loop.forward_loss and
+compute.precision.prepare_model / score_function / resolve_amp, ncsn_objective, training.loop.forward_loss and
 update, sampling.anneal_langevin_dynamics), so a speed option is wired once.  The speed numbers of docs/speed.md come from here.
 """
 import argparse
@@ -36,12 +36,19 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from compute.precision import (  # noqa: E402
+    FAITHFUL,
+    maybe_compile,
+    native_bf16,
+    prepare_model,
+    resolve_amp,
+    score_function,
+    to_layout,
+)
 from configs import config_from_dict  # noqa: E402
 from runners.anneal_runner import AnnealRunner, make_sigmas, ncsn_objective  # noqa: E402
 from sampling import anneal_langevin_dynamics  # noqa: E402
 from training.loop import forward_loss, update  # noqa: E402
-from training.precision import (FAITHFUL, maybe_compile, native_bf16, prepare_model, resolve_amp,  # noqa: E402
-                                score_function, to_layout)
 from training.setup import make_optimizer  # noqa: E402
 
 SETTINGS = {   # name: (channels, image_size, ngf, train batch on CUDA, on CPU, sampling batch)
@@ -125,7 +132,7 @@ def matmul_peak(device, dtype, sizes=(1024, 2048, 3072), reps=5):
     best = 0.0
     for n in sizes:
         a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
-        times, _ = timed(lambda: a @ b, device, warmup=1, reps=reps)
+        times, _ = timed(lambda a=a, b=b: a @ b, device, warmup=1, reps=reps)
         best = max(best, 2 * n ** 3 / min(times) / 1e9)
     return best
 

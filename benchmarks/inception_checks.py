@@ -16,8 +16,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from evaluation import (feature_statistics, frechet_distance, inception_features,  # noqa: E402
-                        kernel_inception_distance, load_images)
+from evaluation import feature_statistics, frechet_distance, inception_features, kernel_inception_distance, load_images  # noqa: E402
 
 
 def fid(f1, f2):

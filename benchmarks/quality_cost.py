@@ -14,6 +14,7 @@ with the exact score of the perturbed mixture (what the learned one should reach
 score evaluates two levels per call: counted as two).
 """
 import argparse
+import contextlib
 import json
 import sys
 import time
@@ -23,16 +24,21 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from atomic import atomic_write  # noqa: E402
+from commands.context import RunContext  # noqa: E402
+from compute.precision import nonfinite_parameters  # noqa: E402
 from configs import load_config  # noqa: E402
-from sampling import SAMPLERS, geometric_sigmas, initial_state  # noqa: E402
-from training.checkpoint import load_checkpoint  # noqa: E402
+from errors import UserError  # noqa: E402
+from reports.outputs import save_figure  # noqa: E402
+from sampling.from_config import sampler_from_config  # noqa: E402
+from training.checkpoint import load_checkpoint, load_model_state  # noqa: E402
 
-# (family, label, method, sampler keyword arguments, denoise, weights): "both" draws the run's main weights (EMA;
+# (family, label, method, sampling keys (config names), denoise, weights): "both" draws the run's main weights (EMA;
 # the toy's learned NCSN) and the other ones (raw; the toy's exact score), "main" the main ones only; the raw
 # weights only where they answer a question (does EMA help at the paper's sampler, at PC, at the ODE), to keep an
 # image run near ten minutes on a CPU
 LANGEVIN, PC1 = {"n_steps_each": 100}, {"predictor": "reverse_diffusion", "corrector": "langevin", "n_steps_each": 1}
-ODE = {"method": "dopri5", "rtol": 1e-3, "atol": 1e-3}
+ODE = {"ode_method": "dopri5", "ode_rtol": 1e-3, "ode_atol": 1e-3}
 COMBOS = [("langevin", "Langevin T=10", "langevin", {"n_steps_each": 10}, False, "main"),
           ("langevin", "Langevin T=30", "langevin", {"n_steps_each": 30}, False, "main"),
           ("langevin", "Langevin T=100", "langevin", LANGEVIN, False, "both"),
@@ -59,20 +65,24 @@ class ImageProblem:
     metric, metric_label, weight_names = "fid", "FID (lower is better)", {"ema": "EMA weights", "raw": "raw weights"}
 
     def __init__(self, cfg, log, run, device):
+        from commands.evaluate import reference_set
         from datasets import data_root
         from evaluation import inception_features, stats_cache_path
         from runners.anneal_runner import AnnealRunner, make_sigmas
-        from runners.evaluate import reference_set
-        from training.precision import prepare_model, score_function
         self.cfg, self.device, d = cfg, device, cfg.data
+        runner = AnnealRunner(RunContext.of_run(run, log.name, "AnnealRunner"), cfg, device)
         state = load_checkpoint(log / "checkpoint.pth", map_location=device)
         self.step = state.get("step")
         self.scores = {}
         for name, key in (("ema", "ema"), ("raw", "model")):
             if state.get(key) is not None:
-                net = prepare_model(AnnealRunner.build_model(cfg).to(device), cfg.compute)
-                net.load_state_dict(state[key])
-                self.scores[name] = score_function(net.eval(), device, cfg.sampling.amp, cfg.compute, d.image_size)
+                net = runner.new_model()
+                load_model_state(net, state, log / "checkpoint.pth", key)
+                bad = nonfinite_parameters(net)
+                if bad:
+                    raise UserError(f"checkpoint {log / 'checkpoint.pth'}: its {self.weight_names[name]} hold "
+                                    f"non-finite values ({', '.join(bad[:3])}); nothing to sample from them")
+                self.scores[name] = runner.score_fn(net.eval())
         self.sigmas = make_sigmas(cfg, device, dtype=torch.float64)
         self.step_lr, self.default_n, self.baselines = cfg.sampling.step_lr, 100, {}
         self.extractor = inception_features(weights=cfg.eval.inception_weights, allow_download=cfg.eval.allow_download,
@@ -84,12 +94,11 @@ class ImageProblem:
         main = "ema" if "ema" in self.scores else "raw"
         return [main] + (["raw"] if which == "both" and main == "ema" else [])
 
-    def start(self, method, n):
-        from training.precision import to_layout
-        d = self.cfg.data
-        x = initial_state(method, (n, d.channels, d.image_size, d.image_size), self.cfg.model.sigma_begin,
-                          logit_transform=d.logit_transform, device=self.device)
-        return to_layout(x, self.cfg.compute)
+    def start(self, choice, n):
+        return choice.start(n)
+
+    def threads(self):
+        return contextlib.nullcontext()
 
     def score_samples(self, x):
         from datasets import inverse_data_transform
@@ -106,20 +115,16 @@ class ToyProblem:
     metric, metric_label = "mmd2", "MMD$^2$ to i.i.d. data (lower is better)"
     weight_names = {"learned": "learned NCSN", "exact": "exact score"}
 
-    def __init__(self, cfg, log, device):
-        from datasets.toy import toy_distribution
-        from models import ToyNCSN
-        from training.checkpoint import load_trained
+    def __init__(self, cfg, log, run, device):
+        from runners.toy_runner import ToyRunner
+        runner = ToyRunner(RunContext.of_run(run, log.name, "ToyRunner"), cfg, device)
         t = cfg.toy
-        if device.type == "cpu":
-            torch.set_num_threads(1)        # as ToyRunner: more threads only slow these tiny 2-D batches down
-        self.cfg, self.device, self.toy = cfg, device, t
-        self.dist = toy_distribution(t)
-        self.sigmas = geometric_sigmas(t.sigma_begin, t.sigma_end, t.num_sigmas, device=device)
-        ncsn, state = load_trained(ToyNCSN(self.sigmas, t.hidden), log / "ncsn" / "checkpoint.pth", device)
-        self.step = state.get("step")
-        self.scores = {"learned": ncsn, "exact": self.dist.level_score(self.sigmas)}
-        self.step_lr, self.default_n = t.langevin_lr / 2, t.n_samples      # as ToyRunner.sample_all
+        self.cfg, self.device, self.toy, self.runner = cfg, device, t, runner
+        self.dist, self.sigmas = runner.dist, runner.sigmas
+        ncsn = runner.trained_model(log / "ncsn" / "checkpoint.pth", runner.networks()[1][1])
+        self.step = ncsn[1].get("step")
+        self.scores = {"learned": ncsn[0], "exact": self.dist.level_score(self.sigmas)}
+        self.step_lr, self.default_n = runner.step_lr, t.n_samples
         seed = cfg.toy.seed if cfg.toy.seed is not None else 0
         self.reference = self.dist.sample(t.n_samples, generator=torch.Generator().manual_seed(seed + 99))
         self.source = f"{t.n_samples} i.i.d. samples of {self.dist.name}"
@@ -132,9 +137,12 @@ class ToyProblem:
     def weights(self, which):
         return ["learned", "exact"]
 
-    def start(self, method, n):
-        if method == "langevin":
-            return (torch.rand(n, 2, device=self.device) * 2 - 1) * self.toy.bound
+    def threads(self):
+        return self.runner.threads()        # as the ToyRunner's flows run
+
+    def start(self, choice, n):
+        if choice.settings["method"] == "annealed_langevin":
+            return self.runner.start(n)
         return self.toy.sigma_begin * torch.randn(n, 2, device=self.device)     # the toy data are centred at 0
 
     def score_samples(self, x):
@@ -146,47 +154,86 @@ class ToyProblem:
 def load_problem(run, doc, device):
     log = Path(run) / "logs" / doc
     if not (log / "config.yml").is_file():
-        raise SystemExit(f"error: no trained run {log} (no config.yml); train it first, or pass --run/--doc")
+        raise UserError(f"no trained run {log} (no config.yml); train it first, or pass --run/--doc")
     cfg = load_config(log / "config.yml")
-    return ToyProblem(cfg, log, device) if (log / "ncsn").is_dir() else ImageProblem(cfg, log, run, device)
+    if (log / "ncsn").is_dir():
+        return ToyProblem(cfg, log, run, device)
+    try:
+        return ImageProblem(cfg, log, run, device)
+    except UserError as e:
+        raise UserError(f"{log} is not an AnnealRunner run whose checkpoint can be sampled (the study takes "
+                        f"AnnealRunner and ToyRunner runs): {e}") from e
 
 
-def draw(problem, score, method, kwargs, denoise, n, seed):
-    """``n`` samples of one combination from ``seed``, and the network evaluations per sample."""
+def draw(problem, score, method, keys, denoise, n, seed):
+    """``n`` samples of one combination (``sampling.method``, its ``keys``) from ``seed``, through the sampler that
+    --test and --eval use, and the network evaluations per sample."""
+    choice = sampler_from_config(problem.cfg, problem.sigmas, problem.device, method=method, denoise=denoise,
+                                 step_lr=problem.step_lr, **keys)
     counted = Counted(score)
     torch.manual_seed(seed)
-    x = problem.start(method, n)
-    extra = {"step_lr": problem.step_lr} if method == "langevin" else {}
-    if method == "pc":
-        extra = {"snr": problem.cfg.sampling.snr}
+    x = problem.start(choice, n)
     with torch.no_grad():
-        x = SAMPLERS[method](counted, x, problem.sigmas, denoise=denoise, **kwargs, **extra)
+        x = choice.run(counted, x)
     return x, counted.examples / n
 
 
-def main():
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def at_least_two(text):
+    """--n: a whole number of samples, at least 2 (FID, KID and the MMD need two)."""
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a whole number, got {text!r}") from None
+    if n < 2:
+        raise argparse.ArgumentTypeError(f"must be at least 2 (FID, KID and MMD need two samples), got {n}")
+    return n
+
+
+def writable_file(text):
+    """--json / --plot: a file that can be written (checked before the long work, not after it)."""
+    path = Path(text)
+    if path.is_dir():
+        raise argparse.ArgumentTypeError(f"{text} is a folder; name a file")
+    if not path.parent.is_dir():
+        raise argparse.ArgumentTypeError(f"the folder {path.parent} does not exist")
+    return path
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(prog="quality_cost.py", description=__doc__.splitlines()[0])
     p.add_argument("--doc", required=True)
     p.add_argument("--run", default="run")
-    p.add_argument("--n", type=int, default=None, help="samples per combination (default 100; a toy: toy.n_samples)")
+    p.add_argument("--n", type=at_least_two, default=None,
+                   help="samples per combination, at least 2 (default 100; a toy: toy.n_samples)")
     p.add_argument("--seed", type=int, default=1234)
-    p.add_argument("--json", default="quality_cost.json")
-    p.add_argument("--plot", default=None)
-    args = p.parse_args()
+    p.add_argument("--json", type=writable_file, default=Path("quality_cost.json"))
+    p.add_argument("--plot", type=writable_file, default=None)
+    args = p.parse_args(argv)
+    try:
+        study(args)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def study(args):
+    """Every combination of COMBOS on the run ``args.run``/logs/``args.doc``: the table, the JSON and the plot."""
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     problem = load_problem(args.run, args.doc, device)
-    n = args.n or problem.default_n
+    n = problem.default_n if args.n is None else args.n
     rows = []
-    for family, label, method, kwargs, denoise, which in COMBOS:
-        for weights in problem.weights(which):
-            start = time.perf_counter()
-            x, nfe = draw(problem, problem.scores[weights], method, kwargs, denoise, n, args.seed)
-            rows.append({"family": family, "sampler": label, "weights": weights, "denoise": denoise, "nfe": nfe,
-                         **problem.score_samples(x), "seconds": time.perf_counter() - start})
-            print(json.dumps(rows[-1]), flush=True)
+    with problem.threads():
+        for family, label, method, keys, denoise, which in COMBOS:
+            for weights in problem.weights(which):
+                start = time.perf_counter()
+                x, nfe = draw(problem, problem.scores[weights], method, keys, denoise, n, args.seed)
+                rows.append({"family": family, "sampler": label, "weights": weights, "denoise": denoise, "nfe": nfe,
+                             **problem.score_samples(x), "seconds": time.perf_counter() - start})
+                print(json.dumps(rows[-1]), flush=True)
     result = {"run": f"{Path(args.run).name}/logs/{args.doc}", "step": problem.step, "n": n, "seed": args.seed,
               "reference": problem.source, "rows": rows, "baselines": problem.baselines}
-    Path(args.json).write_text(json.dumps(result, indent=1))
+    atomic_write(args.json, json.dumps(result, indent=1).encode())
     print(table(rows, problem.metric))
     for label, values in problem.baselines.items():
         print(f"{label}: " + ", ".join(f"{k} {v}" for k, v in values.items()))
@@ -237,9 +284,9 @@ def plot(rows, path, title, problem):
     ax.legend(fontsize=8)
     fig.tight_layout()
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
+    save_figure(fig, path, dpi=110)
     plt.close(fig)
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

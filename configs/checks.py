@@ -46,6 +46,10 @@ INT_BOUNDS = {                    # "section.key": (lowest, highest, why the hig
     "eval.kid_subset_size": (2, MAX_EVAL_SAMPLES, "MAX_EVAL_SAMPLES"),
     "eval.bpd_n": (1, MAX_EVAL_SAMPLES, "MAX_EVAL_SAMPLES"),
     "eval.bpd_batch_size": (1, MAX_BATCH_SIZE, "MAX_BATCH_SIZE"),
+    "eval.compare_n_samples": (0, MAX_EVAL_SAMPLES, "MAX_EVAL_SAMPLES"),
+    "eval.n_seeds": (1, 100, "a hundred sample sets"),
+    "eval.begin_step": (0, INT64_MAX, "the largest 64-bit integer"),
+    "eval.end_step": (0, INT64_MAX, "the largest 64-bit integer"),
     "toy.ring_modes": (1, MAX_RING_MODES, "MAX_RING_MODES"),
 }
 DEFAULT_INT_BOUNDS = (INT64_MIN, INT64_MAX, "the largest 64-bit integer")
@@ -53,17 +57,17 @@ DEFAULT_INT_BOUNDS = (INT64_MIN, INT64_MAX, "the largest 64-bit integer")
 
 def positive(value, path):
     if value <= 0:
-        raise ConfigError(f"{path} must be > 0, got {excerpt(value)}")
+        raise ConfigError(f"{path} must be > 0, got {excerpt(value)}", key=path)
 
 
 def non_negative(value, path):
     if value < 0:
-        raise ConfigError(f"{path} must be >= 0, got {excerpt(value)}")
+        raise ConfigError(f"{path} must be >= 0, got {excerpt(value)}", key=path)
 
 
 def choice(value, choices, path):
     if value not in choices:
-        raise ConfigError(f"{path} must be one of {', '.join(map(str, choices))}; got {excerpt(value)}")
+        raise ConfigError(f"{path} must be one of {', '.join(map(str, choices))}; got {excerpt(value)}", key=path)
 
 
 def check_int_ranges(section_obj, section):
@@ -78,6 +82,6 @@ def check_int_ranges(section_obj, section):
             if low in (0, 1):
                 (non_negative if low == 0 else positive)(value, path)
             why_low = " (the smallest 64-bit integer)" if low == INT64_MIN else ""
-            raise ConfigError(f"{path} must be >= {low}{why_low}, got {excerpt(value)}")
+            raise ConfigError(f"{path} must be >= {low}{why_low}, got {excerpt(value)}", key=path)
         if value > high:
-            raise ConfigError(f"{path} must be <= {high} ({why}), got {excerpt(value)}")
+            raise ConfigError(f"{path} must be <= {high} ({why}), got {excerpt(value)}", key=path)

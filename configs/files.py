@@ -156,22 +156,33 @@ def load_config(path):
 
 
 OVERLAY_SECTIONS = ("sampling", "eval", "compute")     # what --config may change on a trained run (--test, --eval, --compare)
+OVERLAY_KEYS = {"data": ("root",)}     # and single keys of other sections: where the data sets are (not what they are)
 
 
-def overlay_config(config, path):
-    """``config`` with the ``sampling``, ``eval`` and ``compute`` sections of the file at ``path`` laid over it (key by key).  Any
-    other section is refused: the network and data of a trained run come from the run itself."""
+def overlay_config(config, path, every_section=False):
+    """``config`` with the ``sampling``, ``eval`` and ``compute`` sections of the file at ``path`` laid over it (key
+    by key), and ``data.root`` (the folder the data sets are read from: the run's data may have moved).  Any other
+    section or key is refused: the network and data of a trained run come from the run itself.  ``every_section``
+    (``--resume_training --config``): every section of the file is laid over ``config``, key by key."""
     raw = read_yaml(path)
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: config must be a mapping of keys to values, got {type(raw).__name__}")
-    other = [key_name(k) for k in raw if k not in OVERLAY_SECTIONS]
+    allowed = f"{', '.join(OVERLAY_SECTIONS)} and {', '.join(f'{s}.{k}' for s, ks in OVERLAY_KEYS.items() for k in ks)}"
+    other = [] if every_section else [key_name(k) for k in raw if k not in OVERLAY_SECTIONS and k not in OVERLAY_KEYS]
     if other:
-        raise ConfigError(f"{path}: on a trained run --config may set only {', '.join(OVERLAY_SECTIONS[:-1])} and {OVERLAY_SECTIONS[-1]} (the "
-                          f"network and data come from the run); it sets {other[0]}")
+        raise ConfigError(f"{path}: on a trained run --config may set only {allowed} (the network and data come "
+                          f"from the run); it sets {other[0]}")
     merged = config_to_dict(config)
     for section, values in raw.items():
         if values is not None and not isinstance(values, dict):
             raise ConfigError(f"{path}: {section} must be a mapping of keys to values, got {type(values).__name__}")
+        if section not in merged:
+            raise ConfigError(f"{path}: unknown config section {key_name(section)!r}")
+        if section in OVERLAY_KEYS and not every_section:
+            refused = [key_name(k) for k in (values or {}) if k not in OVERLAY_KEYS[section]]
+            if refused:
+                raise ConfigError(f"{path}: on a trained run --config may set only {allowed} (the network and data "
+                                  f"come from the run); it sets {section}.{refused[0]}")
         merged[section].update(values or {})
     try:
         return config_from_dict(merged)

@@ -15,7 +15,10 @@ from typing import Optional
 
 from configs.checks import check_int_ranges, choice, non_negative, positive
 from errors import ConfigError, excerpt
-
+from sampling.masks import MASK_KINDS
+from sampling.methods import SAMPLERS
+from sampling.ode import DEFAULT_MAX_NFE, ODE_METHODS
+from sampling.pc import CORRECTORS, PREDICTORS
 
 AMP_CHOICES = ("auto", "none", "bf16", "fp16")
 
@@ -117,8 +120,17 @@ class Optim:
         check_int_ranges(self, "optim")
 
 
-# torchdiffeq's solvers (sampling.ode_method); the fixed-step ones step from noise level to noise level
-ODE_METHODS = ("dopri5", "dopri8", "bosh3", "fehlberg2", "adaptive_heun", "euler", "midpoint", "heun3", "rk4")
+# The smallest ODE tolerance (sampling.ode_rtol/atol, eval.bpd_rtol/atol).  The states are float32 (eps 1.2e-7); an
+# adaptive solver's error estimate of a float32 state has rounding noise of about eps * |x|, so a tolerance much below
+# that can never be met: the solver halves its step until torchdiffeq stops with "underflow in dt".  1e-8 is a
+# decade below float32's eps (room for float64 states) and far below any useful setting (score_sde: 1e-5).
+MIN_ODE_TOL = 1e-8
+
+
+def ode_tolerance(value, path):
+    if not value >= MIN_ODE_TOL:
+        raise ConfigError(f"{path} must be at least {MIN_ODE_TOL:g} (ODE states are float32; a smaller tolerance "
+                          f"cannot be met), got {excerpt(value)}")
 
 
 @dataclass(frozen=True)
@@ -141,21 +153,22 @@ class Sampling:
     ode_method: str = "dopri5"         # ode: a torchdiffeq solver
     ode_rtol: float = 1e-3             # ode: solver tolerances (below 8-bit quantisation, 1/256)
     ode_atol: float = 1e-3
+    ode_max_nfe: int = DEFAULT_MAX_NFE  # ode: at most this many network evaluations per solve (else one error)
 
     def __post_init__(self):
         choice(self.amp, AMP_CHOICES, "sampling.amp")
-        for name in ("n_samples", "n_steps_each", "n_steps", "step_lr", "gif_every", "snr", "ode_rtol", "ode_atol"):
+        for name in ("n_samples", "n_steps_each", "n_steps", "step_lr", "gif_every", "snr", "ode_max_nfe"):
             positive(getattr(self, name), f"sampling.{name}")
-        choice(self.method, ("langevin", "pc", "ode"), "sampling.method")
-        choice(self.predictor, ("reverse_diffusion", "none"), "sampling.predictor")
-        choice(self.corrector, ("langevin", "none"), "sampling.corrector")
+        choice(self.method, tuple(SAMPLERS), "sampling.method")
+        choice(self.predictor, PREDICTORS, "sampling.predictor")
+        choice(self.corrector, CORRECTORS, "sampling.corrector")
+        for name in ("ode_rtol", "ode_atol"):
+            ode_tolerance(getattr(self, name), f"sampling.{name}")
         choice(self.ode_method, ODE_METHODS, "sampling.ode_method")
         if self.method == "pc" and self.predictor == "none" and self.corrector == "none":
             raise ConfigError("sampling.method pc with sampling.predictor and sampling.corrector both 'none' "
                               "does nothing; choose one")
-        # the kinds of sampling/masks.py (MASK_KINDS; tests/test_inpainting.py checks that they agree)
-        choice(self.inpainting_mask, ("left_half", "top_half", "centre_box", "random_pixels"),
-                "sampling.inpainting_mask")
+        choice(self.inpainting_mask, MASK_KINDS, "sampling.inpainting_mask")
         if not 0 < self.inpainting_fraction < 1:
             raise ConfigError(f"sampling.inpainting_fraction must be in (0, 1), got "
                               f"{excerpt(self.inpainting_fraction)}")
@@ -210,21 +223,40 @@ class Eval:
     bpd_probe: str = "rademacher"      # Hutchinson trace probes: 'rademacher' or 'gaussian' (seed: --seed)
     bpd_rtol: float = 1e-5             # the likelihood ODE's tolerances (score_sde: 1e-5; solver sampling.ode_method)
     bpd_atol: float = 1e-5
+    bpd_max_nfe: int = DEFAULT_MAX_NFE  # at most this many network evaluations per likelihood solve (else one error)
+    reference_stats: Optional[str] = None   # a published statistics file (TTUR / pytorch-fid / EDM mu and sigma, or
+    #                                         score_sde pool_3 features) to score against instead of the run's data
+    n_seeds: int = 1                   # independent sample sets of eval.n_samples (seeds --seed, --seed + 1, ...):
+    #                                    each one's FID, their minimum and mean (EDM reports the minimum of 3)
+    floor: bool = False                # also score as many held-out real images (the other split) as there are
+    #                                    samples against the same reference: the real-data floor at that N
+    compare_n_samples: int = 0         # --compare: also FID and KID of this many samples per checkpoint (0: test loss
+    #                                    only; ncsnv2's fast FID: 1000), every checkpoint under the same seeds
+    begin_step: Optional[int] = None   # --compare: only the checkpoints from this step ...
+    end_step: Optional[int] = None     # ... to this one (both included; none: no bound)
 
     def __post_init__(self):
         choice(self.reference_split, ("train", "test"), "eval.reference_split")
+        if self.compare_n_samples == 1:
+            raise ConfigError("eval.compare_n_samples must be 0 (off) or at least 2 (FID and KID need two samples)",
+                              key="eval.compare_n_samples")
+        if self.begin_step is not None and self.end_step is not None and self.begin_step > self.end_step:
+            raise ConfigError(f"eval.begin_step ({self.begin_step}) must not exceed eval.end_step ({self.end_step})",
+                              key="eval.begin_step")
         choice(self.bpd_probe, ("rademacher", "gaussian"), "eval.bpd_probe")
-        for name in ("bpd_n", "bpd_rtol", "bpd_atol"):
+        for name in ("bpd_n", "bpd_max_nfe"):
             positive(getattr(self, name), f"eval.{name}")
+        for name in ("bpd_rtol", "bpd_atol"):
+            ode_tolerance(getattr(self, name), f"eval.{name}")
         check_int_ranges(self, "eval")
 
 
 @dataclass(frozen=True)
 class Compute:
-    """How the network is computed (training/precision.py): layout, kernels, compilation.  None of these changes the
+    """How the network is computed (compute/precision.py): layout, kernels, compilation.  None of these changes the
     maths; they change floating-point rounding only (tests/test_speed.py bounds how much)."""
     channels_last: bool = True         # NHWC tensors for sampling and evaluation, and training on CUDA (a CPU training
-    #                                    network stays NCHW: measured faster there; training/precision.py)
+    #                                    network stays NCHW: measured faster there; compute/precision.py)
     fused_norm: bool = True            # InstanceNorm++ as one affine pass where no gradient is taken (sampling, test
     #                                    losses; models/normalization.py)
     compile: bool = False              # torch.compile the network (the first run compiles for minutes on a CPU;

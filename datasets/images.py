@@ -13,7 +13,6 @@ from torch.utils.data import Dataset, TensorDataset
 
 from errors import ConfigError, UserError, is_allocation_error
 
-
 _LAYOUT_HINT = {
     "MNIST": "{root}/MNIST/raw/train-images-idx3-ubyte (and the other three raw files)",
     "FashionMNIST": "{root}/FashionMNIST/raw/train-images-idx3-ubyte (and the other three raw files)",

@@ -4,17 +4,21 @@ improved-diffusion use).
 Batch k is drawn under its own random seed, derived from (seed, k), so the set depends only on (seed, N, batch size):
 not on the order the batches are drawn in, on interruptions, or on how many processes share the work.  Every
 finished batch is kept as ``batches/batch_<k>.npy`` (written atomically) and skipped when the export runs again, so
-an interrupted export continues where it stopped and ends with the same file.  ``export.json`` records the settings;
-a folder holding another export's batches is refused.
+an interrupted export continues where it stopped and ends with the same file.  ``export.json`` records what draws
+the samples (the checkpoint's step, a SHA-256 of the weights, the sampler settings, the seed); a folder holding
+another export's batches (other weights or settings) is refused, or with ``replace`` (--overwrite) started over:
+batches of two exports are never mixed.
 """
 import json
+import logging
+import shutil
 from pathlib import Path
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
-from atomic import atomic_write
+from atomic import atomic_write, remove_stale_temp_files
 from errors import UserError
 
 MANIFEST = "export.json"
@@ -30,36 +34,50 @@ def batch_sizes(n, batch_size):
     return [min(batch_size, n - start) for start in range(0, n, batch_size)]
 
 
-def check_diverged(samples, note=""):
+DIVERGENCE_HINT = "a smaller sampling.step_lr may help"
+
+
+def check_diverged(samples, note="", hint=DIVERGENCE_HINT):
     """A UserError ``sampling diverged: ...`` if any of the (N, ...) ``samples`` holds a non-finite value (a chain
-    that blew up); ``note`` goes after the count, e.g. what was not written."""
+    that blew up); ``note`` goes after the count, e.g. what was not written; ``hint``: what to change (the
+    sampler's step setting)."""
     bad = int((~torch.isfinite(samples.flatten(1))).any(1).sum())
     if bad:
-        raise UserError(f"sampling diverged: {bad} of {len(samples)} samples hold non-finite values{note} (a smaller "
-                        f"sampling.step_lr may help)")
+        raise UserError(f"sampling diverged: {bad} of {len(samples)} samples hold non-finite values{note} ({hint})")
 
 
-def to_uint8_nhwc(images):
+def to_uint8_nhwc(images, hint=DIVERGENCE_HINT):
     """(N, C, H, W) floats in [0, 1] -> (N, H, W, C) uint8 (round to nearest, as the sample grids do).  Non-finite
-    values (a diverged chain) are an error, not black pixels."""
-    check_diverged(images)
+    values (a diverged chain) are an error, not black pixels (``hint``: see :func:`check_diverged`)."""
+    check_diverged(images, hint=hint)
     return images.detach().float().mul(255).add_(0.5).clamp_(0, 255).to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
 
 
-def start_export(folder, settings):
-    """Create ``folder``/batches and its manifest, or check that an existing one is this export's (same settings)."""
+def start_export(folder, settings, replace=False):
+    """Create ``folder``/batches and its manifest, or check that an existing one is this export's (same settings);
+    ``replace``: an export with other settings is removed (its batches, manifest and samples.npz) and started
+    over."""
     folder = Path(folder)
     path = folder / MANIFEST
+    for stale in (folder, folder / "batches"):      # what a killed export left half-written
+        remove_stale_temp_files(stale)
     if path.is_file():
         try:
             saved = json.loads(path.read_text())
         except (OSError, ValueError) as e:
             raise UserError(f"cannot read {path}: {e}") from e
-        if saved != settings:
-            changed = sorted(k for k in set(saved) | set(settings) if saved.get(k) != settings.get(k))
-            raise UserError(f"{folder} holds an export with other settings ({', '.join(changed)}); use another -o "
-                            f"or --overwrite")
-        return
+        if saved == settings:
+            return
+        changed = sorted(k for k in set(saved) | set(settings) if saved.get(k) != settings.get(k))
+        if not replace:
+            what = " (drawn by other weights: was the run trained again?)" if "weights" in changed else ""
+            raise UserError(f"{folder} holds an export with other settings ({', '.join(changed)}){what}; use another "
+                            f"-o or --overwrite")
+        logging.info("--overwrite: replacing the export in %s (other %s)", folder, ", ".join(changed))
+        if (folder / "batches").is_dir():
+            shutil.rmtree(folder / "batches")
+        for name in (MANIFEST, "samples.npz"):
+            (folder / name).unlink(missing_ok=True)
     (folder / "batches").mkdir(parents=True, exist_ok=True)
     atomic_write(path, lambda f: f.write((json.dumps(settings, indent=2) + "\n").encode()))
 

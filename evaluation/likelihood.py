@@ -18,7 +18,7 @@ import math
 
 import torch
 
-from sampling.ode import flow_drift
+from sampling.ode import DEFAULT_MAX_NFE, flow_drift, solve
 
 
 def gaussian_log_density(z, mean, std):
@@ -38,13 +38,16 @@ def hutchinson_probes(like, kind, seed):
 
 
 def ode_log_likelihood(score_at, x, sigma_min, sigma_max, prior_log_density, *, method="dopri5", rtol=1e-5,
-                       atol=1e-5, probe="rademacher", seed=0):
+                       atol=1e-5, probe="rademacher", seed=0, max_nfe=DEFAULT_MAX_NFE, callback=None):
     """``(log p_{sigma_min}(x) (B,), nfe)`` for x (B, *D) under the probability-flow ODE of the continuous score
     ``score_at(x, sigma)`` (e.g. :func:`sampling.ode.interpolated_score` of an NCSN); ``prior_log_density(z) -> (B,)``
-    at sigma_max.  nfe counts drift evaluations (each also one vector-Jacobian product)."""
-    from torchdiffeq import odeint
+    at sigma_max.  nfe counts drift evaluations (each also one vector-Jacobian product).
+
+    ``max_nfe`` (``eval.bpd_max_nfe``): a solve needing more evaluations is one UserError naming that key (and an
+    ``underflow in dt`` one naming ``eval.bpd_rtol / eval.bpd_atol``: :func:`sampling.ode.solve`).  ``callback(nfe)``
+    is called after every evaluation with the count so far (a progress bar's postfix)."""
     counter = [0]
-    drift = flow_drift(score_at, counter)
+    drift = flow_drift(score_at, counter, max_nfe)
     probes = hutchinson_probes(x, probe, seed)
 
     def augmented(t, state):
@@ -53,11 +56,15 @@ def ode_log_likelihood(score_at, x, sigma_min, sigma_max, prior_log_density, *, 
             y = y.detach().requires_grad_(True)
             f = drift(t, y)
             (vjp,) = torch.autograd.grad(f, y, probes)
+        if callback is not None:
+            callback(counter[0])
         return f.detach(), (vjp * probes).flatten(1).sum(1)
 
     times = torch.tensor([math.log(sigma_min), math.log(sigma_max)], dtype=torch.float64, device=x.device)
     start = (x.detach(), torch.zeros(x.shape[0], dtype=x.dtype, device=x.device))
-    ys, integrals = odeint(augmented, start, times, method=method, rtol=rtol, atol=atol)
+    ys, integrals = solve(augmented, start, times, method=method, rtol=rtol, atol=atol, max_nfe=max_nfe,
+                          nfe_key="eval.bpd_max_nfe", tolerance_keys="eval.bpd_rtol / eval.bpd_atol",
+                          goal=f"sigma_1 = {sigma_max:g}")
     return prior_log_density(ys[-1]) + integrals[-1], counter[0]
 
 

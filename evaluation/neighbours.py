@@ -77,3 +77,56 @@ def median_nearest_distance(images, n_queries=200, batch=4096, seed=0):
     pick = np.sort(np.random.default_rng(seed).choice(n, min(n_queries, n), replace=False))
     _, dist = nearest_neighbours(images[pick], images, k=1, batch=batch, exclude=pick)
     return float(np.median(dist[:, 0]))
+
+
+N_NEIGHBOUR_QUERIES = 10        # the first samples shown with their nearest training images
+N_NEIGHBOURS = 5
+
+
+def reference_pixels(reference, like):
+    """All reference images (a data set) as one uint8 array laid out like the samples ``like`` (N, H, W, C)."""
+    from evaluation.reference import item_to_uint8
+    images = np.stack([item_to_uint8(reference[i]) for i in range(len(reference))])
+    if images.ndim == 3:
+        images = images[..., None]
+    h, w, c = like.shape[1:]
+    if images.shape[1:] == (c, h, w) and images.shape[1:] != (h, w, c):
+        images = images.transpose(0, 2, 3, 1)
+    if images.shape[1:] != (h, w, c):
+        raise UserError(f"reference images have shape {images.shape[1:]}, samples {(h, w, c)}")
+    return np.ascontiguousarray(images)
+
+
+def neighbour_report(samples, reference, extractor, statistics, source):
+    """For the first ``N_NEIGHBOUR_QUERIES`` samples (uint8 (N, H, W, C)), their ``N_NEIGHBOURS`` L2-nearest
+    reference images (1) in pixel space ([0, 1] pixels, flattened), searched over the whole reference set, and (2)
+    in the extractor's feature space, searched over the reference images whose features the statistics cache
+    ``statistics`` holds (all of them, or its fixed subset of ``max_features``: features already computed for KID,
+    so the search costs no extra pass of the network over the data).  Indices are into the reference set.  For
+    scale, each space also gets the median distance between a reference image and its nearest other reference
+    image (over a fixed subset of 200 of them); samples much closer to their neighbours than that suggest
+    memorisation.  Returns (the report for neighbours.json, the queries, the reference pixels, the pixel and
+    feature neighbour indices and distances for the figure)."""
+    from evaluation.reference import feature_rows
+    queries = samples[:min(N_NEIGHBOUR_QUERIES, len(samples))]
+    pixels = reference_pixels(reference, samples)
+    k = min(N_NEIGHBOURS, len(pixels))
+    pix_i, pix_d = nearest_neighbours(queries, pixels, k=k)
+    rows = feature_rows(len(pixels), statistics["meta"]["max_features"])
+    feats = statistics["features"]
+    if len(rows) != len(feats):
+        raise RuntimeError(f"cached features have {len(feats)} rows, expected {len(rows)}")
+    kf = min(N_NEIGHBOURS, len(feats))
+    f_local, feat_d = nearest_neighbours(np.asarray(extractor(queries), dtype=np.float64), feats, k=kf)
+    feat_i = rows[f_local]
+    report = {
+        "reference": source, "n_reference": len(pixels), "k": k, "n_queries": len(queries),
+        "queries": "the first samples of samples.npz",
+        "pixel": {"space": "pixels in [0, 1], flattened (H * W * C values)", "searched": len(pixels),
+                  "indices": pix_i.tolist(), "distances": pix_d.tolist(),
+                  "reference_median_nn_distance": median_nearest_distance(pixels)},
+        "feature": {"space": f"{extractor.name} features ({extractor.dim}-d)", "searched": len(feats),
+                    "indices": feat_i.tolist(), "distances": feat_d.tolist(),
+                    "reference_median_nn_distance": median_nearest_distance(feats)},
+    }
+    return report, queries, pixels, (pix_i, pix_d), (feat_i, feat_d)

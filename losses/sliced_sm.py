@@ -11,21 +11,22 @@ import torch.autograd as autograd
 from sampling.schedules import append_dims
 
 
-def _ssm_vr_terms(score_fn, x, vectors):
-    """Return (loss1, loss2), each (N,): 0.5*||s||^2 and v^T d(v^T s)/dx on flattened inputs."""
+def ssm_vr_terms(score_fn, x, vectors, create_graph=True):
+    """Return (loss1, loss2), each (N,): 0.5*||s||^2 and v^T d(v^T s)/dx on flattened inputs.  ``create_graph``
+    (training) keeps the graph, so that the loss can be back-propagated into the network parameters; a held-out
+    loss needs only the values."""
     x = x.detach().requires_grad_(True)
     grad1 = score_fn(x)                                             # (N, *D)
     gradv = torch.sum(grad1 * vectors)
     loss1 = 0.5 * grad1.flatten(1).pow(2).sum(1)                    # (N,)
-    # create_graph so that the loss can be back-propagated into the network parameters
-    grad2 = autograd.grad(gradv, x, create_graph=True)[0]
+    grad2 = autograd.grad(gradv, x, create_graph=create_graph)[0]
     loss2 = (vectors * grad2).flatten(1).sum(1)                     # (N,)
     return loss1, loss2
 
 
 def _terms(score_net, samples, n_particles):
     dup = samples.unsqueeze(0).expand(n_particles, *samples.shape).contiguous().view(-1, *samples.shape[1:])
-    return _ssm_vr_terms(score_net, dup, torch.randn_like(dup))          # each (n_particles * B,)
+    return ssm_vr_terms(score_net, dup, torch.randn_like(dup))          # each (n_particles * B,)
 
 
 def sliced_per_example(score_net, samples, n_particles=1):
@@ -52,7 +53,7 @@ def anneal_sliced_per_example(scorenet, samples, labels, sigmas, n_particles=1):
     dup_labels = labels.unsqueeze(0).expand(n_particles, *labels.shape).contiguous().view(-1)
     # the official comment says Rademacher; the official code draws Gaussian projections, as here
     vectors = torch.randn_like(dup)
-    loss1, loss2 = _ssm_vr_terms(lambda x: scorenet(x, dup_labels), dup, vectors)
+    loss1, loss2 = ssm_vr_terms(lambda x: scorenet(x, dup_labels), dup, vectors)
     return (loss1 + loss2) * sigmas[dup_labels] ** 2, dup_labels
 
 

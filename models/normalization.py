@@ -116,7 +116,7 @@ class ConditionalInstanceNorm2dPlus(nn.Module):
         super().__init__()
         self.num_features = num_features
         self.bias = bias
-        self.fused = False          # a speed option (training/precision.py), not a weight: not in the state dict
+        self.fused = False          # a speed option (compute/precision.py), not a weight: not in the state dict
         n_params = 3 if bias else 2
         self.embed = nn.Embedding(num_classes, n_params * num_features)
         with torch.no_grad():

@@ -21,18 +21,20 @@ from functools import partial
 import torch
 from torch import nn
 
+from errors import ArgumentError
 from models.layers import RefineBlock, ResidualBlock, apply_norm
 from models.normalization import ConditionalInstanceNorm2dPlus, InstanceNorm2dPlus
 
 
 def _check_args(channels, image_size, ngf):
     if not isinstance(channels, int) or channels < 1:
-        raise ValueError(f"channels must be a positive int, got {channels!r}")
+        raise ArgumentError("channels", f"must be a positive int, got {channels!r}")
     if not isinstance(ngf, int) or ngf < 2:
-        raise ValueError(f"ngf must be an int >= 2 (InstanceNorm++ takes a variance over channels), got {ngf!r}")
+        raise ArgumentError("ngf", f"must be an int >= 2 (InstanceNorm++ takes a variance over channels), "
+                                   f"got {ngf!r}")
     if not isinstance(image_size, int) or image_size < 2 or image_size % 2:
-        raise ValueError(f"image_size must be a positive even int: the mean-pool downsampling in res2 halves "
-                         f"H and W, got {image_size!r}")
+        raise ArgumentError("image_size", f"must be a positive even int: the mean-pool downsampling in res2 "
+                                          f"halves H and W, got {image_size!r}")
 
 
 class _RefineNetDilated(nn.Module):
@@ -104,7 +106,7 @@ class CondRefineNetDilated(_RefineNetDilated):
 
     def __init__(self, channels, image_size, ngf, num_classes=10, logit_transform=False, sigmas=None):
         if not isinstance(num_classes, int) or num_classes < 1:
-            raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
+            raise ArgumentError("num_classes", f"must be a positive int, got {num_classes!r}")
         norm = partial(ConditionalInstanceNorm2dPlus, num_classes=num_classes, bias=True)
         super().__init__(channels, image_size, ngf, norm, logit_transform)
         self.num_classes = num_classes

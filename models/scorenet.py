@@ -13,6 +13,8 @@ and H, W divisible by 4 (two stride-2 downsamplings undone by two x2 transposed 
 """
 from torch import nn
 
+from errors import ArgumentError
+
 GROUPS = 8
 
 
@@ -79,12 +81,12 @@ class ResScore(nn.Module):
         if image_size is not None:
             _check_size(image_size, image_size)
         if nef != ndf:
-            raise ValueError(f"nef must equal ndf in ResScore (the encoder output feeds the decoder), got {nef} "
-                             f"and {ndf}")
+            raise ArgumentError("nef", f"must equal ndf in ResScore (the encoder output feeds the decoder), "
+                                       f"got {nef} and {ndf}")
         if nef < GROUPS or nef % GROUPS:
-            raise ValueError(f"nef must be a positive multiple of {GROUPS} (GroupNorm groups), got {nef}")
+            raise ArgumentError("nef", f"must be a positive multiple of {GROUPS} (GroupNorm groups), got {nef}")
         if channels < 1:
-            raise ValueError(f"channels must be positive, got {channels}")
+            raise ArgumentError("channels", f"must be positive, got {channels}")
         self.channels = channels
         self.nef = nef
         self.ndf = ndf
@@ -116,4 +118,5 @@ class ResScore(nn.Module):
 
 def _check_size(h, w):
     if h % 4 or w % 4:
-        raise ValueError(f"image_size must be a multiple of 4 for ResScore (it halves H and W twice), got {h}x{w}")
+        raise ArgumentError("image_size", f"must be a multiple of 4 for ResScore (it halves H and W twice), "
+                                          f"got {h}x{w}")

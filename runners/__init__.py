@@ -1,10 +1,11 @@
-"""Runners: thin wiring, one per experiment (data + network + objective + sampler), plus what they write.
+"""Runners: one per experiment, each saying only what differs: its network, its training objective, its sampler
+and where the chains start, its held-out loss for --compare (and, for the ScoreNet and toy experiments, flows of
+their own).  The flows themselves are commands/'s.
 
 ``anneal_runner.py`` (NCSN), ``baseline_runner.py``, ``scorenet_runner.py`` (Figure 1), ``toy_runner.py`` (Figures 2
-and 3); ``base.py`` (what a runner declares: its network, whether it trains under torchrun); ``outputs.py`` (logs,
-grids, GIFs, output folders, loss logs); ``figures.py`` (the paper's figures).  What may not live here: a network
-(models/), a loss (losses/), a sampler (sampling/), a metric (evaluation/) or the training machinery (training/).
-RUNNERS is the one table of runner names; main.py dispatches through it.
+and 3); ``base.py`` (what a runner declares, and its networks: built, loaded, as a score).  What may not live here: a
+network (models/), a loss (losses/), a sampler (sampling/), a metric (evaluation/), a flow (commands/) or the
+training machinery (training/).  RUNNERS is the one table of runner names; main.py dispatches through it.
 """
 from runners.anneal_runner import AnnealRunner
 from runners.baseline_runner import BaselineRunner

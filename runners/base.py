@@ -1,12 +1,13 @@
-"""What every runner declares: how to build its network from a config (and so which configs it can take), and
-whether it can train in several processes under torchrun.  main.py asks these questions; it lists no runner."""
+"""What every runner declares: how to build its network from a config (and so which configs it can take), what
+it trains, samples and scores, and whether it can train in several processes under torchrun.  The flows that use
+these declarations are commands/'s; main.py asks these questions and lists no runner."""
 from pathlib import Path
 
 import torch
 
-from errors import ConfigError, UserError, is_allocation_error
-from training.checkpoint import load_trained
-from training.precision import maybe_compile, nonfinite_parameters, prepare_model, score_function
+from compute.precision import maybe_compile, nonfinite_parameters, prepare_model, score_function
+from errors import ArgumentError, ConfigError, UserError, is_allocation_error
+from training.checkpoint import load_trained, uses_ema
 
 # network constructor arguments -> the config keys they come from (to name the key in an error)
 CONFIG_KEYS = {"channels": "data.channels", "image_size": "data.image_size", "ngf": "model.ngf",
@@ -14,29 +15,43 @@ CONFIG_KEYS = {"channels": "data.channels", "image_size": "data.image_size", "ng
 
 
 class Runner:
-    """A runner wires data, a network, an objective and a sampler for one experiment.
+    """A runner says what one experiment is: its data and network, its objective, its sampler and its held-out
+    loss; the commands (commands/) run the flows with them.  Each hook returns None where the experiment has no
+    such thing, and the command says so in one line.
 
-    Subclasses define ``train()`` and ``test()``, and ``build_model(config)`` when they have one image network.
+    ``flows`` maps a command ('train', 'test', 'eval', 'compare') to a flow of the runner's own, ``flow(ctx,
+    runner)``, for an experiment whose report is not the image flow's (Figure 1, the toy figures).
     """
-    distributed = False         # True: ``train()`` runs under torchrun with DistributedDataParallel
+    distributed = False         # True: training and --eval run under torchrun (DistributedDataParallel)
     resumable = True            # False: ``--resume_training`` is refused with one line
+    loss_log = False            # True: training also appends its losses to <log>/losses.csv (reports.outputs)
+    likelihood = False          # True: eval.bpd can score the network (a score at every level of a schedule)
+    flows = {}
 
-    def __init__(self, args, config, device):
-        self.args, self.config, self.device = args, config, device
+    def __init__(self, ctx, config, device):
+        self.ctx, self.config, self.device = ctx, config, device
 
-    def compare(self):
-        """--compare: the test-set loss of each checkpoint of the run, on fixed noise (runners/comparison.py)."""
-        from runners.comparison import compare_checkpoints
-        compare_checkpoints(self, self.args.image_folder)
-
-    def evaluate(self):
-        """--eval (runners with an image sampler override this)."""
-        raise UserError(f"--eval is not available for {type(self).__name__}: it has no image sampler to evaluate")
+    # ------------------------------------------------------------------------------------- what differs
 
     @staticmethod
     def build_model(config):
         """The runner's network for ``config`` (None: the runner builds its own networks)."""
         return None
+
+    def objective(self):
+        """What training minimises: a ``training.loop.Objective``."""
+        return None
+
+    def sampler(self):
+        """The image sampler of --test and --eval: a ``sampling.from_config.SamplerChoice`` (None: none)."""
+        return None
+
+    def held_out_loss(self, objective=None):
+        """How --compare scores a checkpoint: an ``evaluation.held_out.HeldOutLoss`` (None: no test set);
+        ``objective`` 'dsm' or 'ssm' overrides the training objective where the runner allows it."""
+        return None
+
+    # ---------------------------------------------------------------------------- networks, for the flows
 
     @classmethod
     def check_config(cls, config):
@@ -45,16 +60,15 @@ class Runner:
         try:
             with torch.device("meta"):
                 cls.build_model(config)
+        except ArgumentError as e:
+            key = CONFIG_KEYS.get(e.argument)
+            raise ConfigError(f"{key or e.argument} {e.detail} (the {cls.__name__} network)", key=key) from e
         except ValueError as e:
-            message = str(e)
-            name = message.split(" ", 1)[0].rstrip(":")
-            if name in CONFIG_KEYS:
-                message = CONFIG_KEYS[name] + message[len(name):]
-            raise ConfigError(f"{message} (the {cls.__name__} network)") from e
+            raise ConfigError(f"{e} (the {cls.__name__} network)") from e
 
     def new_model(self, model=None, training=False):
         """A fresh network (``build_model``'s, or ``model`` built by the caller) on the runner's device, in the layout and
-        kernels of ``config.compute`` (training/precision.py); a network too
+        kernels of ``config.compute`` (compute/precision.py); a network too
         large for the device's memory is one clear error, not an allocator traceback or an exhausted machine.
         ``training``: count the gradients and Adam's two moments too (4 copies of the weights)."""
         name = type(self).__name__
@@ -76,21 +90,25 @@ class Runner:
         model, state = load_trained(self.new_model(model), path, self.device)
         bad = nonfinite_parameters(model)
         if bad:
-            raise UserError(f"checkpoint {path} holds non-finite weights ({', '.join(bad[:3])}"
-                            f"{', ...' if len(bad) > 3 else ''}); nothing to sample from it; use an earlier "
-                            f"checkpoint_<step>.pth")
-        return maybe_compile(model, self.config.compute, cache_root=_cache_root(self.args)), state
+            names = f"{', '.join(bad[:3])}{', ...' if len(bad) > 3 else ''}"
+            if uses_ema(state) and all(bool(torch.isfinite(v).all()) for v in state["model"].values()
+                                       if torch.is_tensor(v) and v.is_floating_point()):
+                raise UserError(f"checkpoint {path}: its EMA weights (model.ema, used for sampling) hold non-finite "
+                                f"values ({names}) while its raw weights are finite; use an earlier "
+                                f"checkpoint_<step>.pth")
+            raise UserError(f"checkpoint {path} holds non-finite weights ({names}); nothing to sample from it; use "
+                            f"an earlier checkpoint_<step>.pth")
+        return maybe_compile(model, self.config.compute, cache_root=_cache_root(self.ctx)), state
 
     def score_fn(self, model):
-        """What the samplers call: ``model`` under ``sampling.amp`` in ``compute``'s layout (training/precision.py)."""
+        """What the samplers call: ``model`` under ``sampling.amp`` in ``compute``'s layout (compute/precision.py)."""
         return score_function(model, self.device, self.config.sampling.amp, self.config.compute,
                               self.config.data.image_size)
 
 
-def _cache_root(args):
-    """``<run>/cache``: where compiled kernels are kept between runs (None without a --run folder)."""
-    run = getattr(args, "run", None)
-    return Path(run) / "cache" if run else None
+def _cache_root(ctx):
+    """``<run>/cache``: where compiled kernels are kept between runs."""
+    return Path(ctx.run) / "cache"
 
 
 def _check_fits(config, build, device, name, copies):

@@ -5,21 +5,17 @@ An unconditional RefineNet s_theta(x) is trained with denoising score matching (
 ``sampling.step_lr`` from U[0, 1)).  With one small sigma the score is only learned near the data, so plain Langevin
 from noise mixes poorly: this is the failure that motivates the annealed NCSN.
 """
-from pathlib import Path
-
 import torch
 
-from datasets import data_transform, inverse_data_transform
-from evaluation.export import to_uint8_nhwc
+from datasets import data_transform
+from errors import ConfigError, UserError
+from evaluation.held_out import HeldOutLoss, fixed_transform
 from losses import dsm_per_example, dsm_score_estimation
 from models import RefineNetDilated
 from runners.base import Runner
-from runners.evaluate import evaluate_run
-from runners.outputs import prepare_output_folder, sample_to_folder
-from sampling import anneal_langevin_dynamics, unconditional
-from training.precision import to_layout
-from training.loop import Objective, train_loop
-from training.setup import setup_training
+from sampling import unconditional
+from sampling.from_config import plain_langevin
+from training.loop import Objective
 
 
 def baseline_objective(config):
@@ -46,34 +42,28 @@ class BaselineRunner(Runner):
         return RefineNetDilated(channels=d.channels, image_size=d.image_size, ngf=m.ngf, num_classes=m.num_classes,
                                 logit_transform=d.logit_transform)
 
-    def train(self):
-        cfg = self.config
-        setup = setup_training(self.args, cfg, self.device, self.new_model(training=True))
-        train_loop(setup, baseline_objective(cfg))
+    def objective(self):
+        return baseline_objective(self.config)
 
-    def evaluate(self):
-        """--eval: eval.n_samples samples of plain Langevin dynamics, scored against the run's data set."""
-        cfg, d, smp = self.config, self.config.data, self.config.sampling
-        model, state = self.trained_model(Path(self.args.log) / "checkpoint.pth")
+    def sampler(self):
+        """Plain Langevin dynamics at ``model.sigma`` from U[0, 1); the annealed samplers of ``sampling.method`` need
+        the NCSN's levels."""
+        if self.config.sampling.method != "langevin":
+            raise ConfigError(f"sampling.method {self.config.sampling.method} needs the noise levels of the "
+                              f"AnnealRunner; the BaselineRunner samples with plain Langevin dynamics "
+                              f"(sampling.n_steps, sampling.step_lr)", key="sampling.method")
+        return plain_langevin(self.config, self.config.model.sigma, self.device)
 
-        def draw(size):
-            x = torch.rand(size, d.channels, d.image_size, d.image_size, device=self.device)          # U[0, 1)
-            x = anneal_langevin_dynamics(unconditional(self.score_fn(model)), to_layout(x, cfg.compute),
-                                         [cfg.model.sigma], n_steps_each=smp.n_steps, step_lr=smp.step_lr)
-            return to_uint8_nhwc(inverse_data_transform(x, d))
-        evaluate_run(self, draw, state, {"method": "langevin", "n_steps": smp.n_steps, "step_lr": smp.step_lr})
+    def score_fn(self, model):
+        """The unconditional network as the samplers call a score, ``s(x, labels)`` (the labels are ignored)."""
+        return unconditional(super().score_fn(model))
 
-    def test(self):
-        """Plain Langevin dynamics from U[0, 1): samples.png, samples.pth (N, C, H, W) and movie.gif in ``-o``."""
-        cfg, args, d, smp = self.config, self.args, self.config.data, self.config.sampling
-        model, _ = self.trained_model(Path(args.log) / "checkpoint.pth")
-        folder = prepare_output_folder(args.image_folder, args.overwrite)
-        x = torch.rand(smp.n_samples, d.channels, d.image_size, d.image_size, device=self.device)   # init U[0, 1)
-        x, score = to_layout(x, cfg.compute), unconditional(self.score_fn(model))
-
-        def run(x0, callback):      # plain Langevin: the one sampler with the single level model.sigma
-            return anneal_langevin_dynamics(score, x0, [cfg.model.sigma], n_steps_each=smp.n_steps,
-                                            step_lr=smp.step_lr, callback=callback)
-
-        sample_to_folder(run, x, total=smp.n_steps, folder=folder, data_cfg=d, sampling_cfg=smp,
-                         nrow=max(1, round(smp.n_samples ** 0.5)), desc="Langevin")
+    def held_out_loss(self, objective=None):
+        """DSM at the one ``model.sigma``, unweighted."""
+        if objective == "ssm":
+            raise UserError("model comparison: the BaselineRunner is scored with DSM at model.sigma only")
+        if objective not in (None, "dsm"):
+            raise UserError(f"model comparison: objective must be dsm or ssm, got {objective!r}")
+        return HeldOutLoss(name="DSM", algo="dsm", conditional=False, sigmas=[self.config.model.sigma],
+                           weight_power=0.0, n_particles=1,
+                           transform=fixed_transform(True, self.config.data.logit_transform))

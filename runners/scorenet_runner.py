@@ -9,25 +9,16 @@ and ``sigma`` every step, ``test_loss`` every ``training.test_freq`` steps; the 
 ``--test`` evaluates the checkpoint's loss over the whole test set and draws Figure 1 from every run under
 ``<run>/logs/`` that has a ``losses.csv`` (one panel per run, ordered by noise_std).
 """
-import dataclasses
-import json
-import logging
-from pathlib import Path
-
 import torch
-from torch.utils.data import DataLoader
-from tqdm import tqdm
 
-from configs import load_config
-from datasets import data_transform, get_dataset
+from commands.figure1 import figure1
+from datasets import data_transform
 from errors import ConfigError, UserError
+from evaluation.held_out import HeldOutLoss, fixed_transform
 from losses import dsm_per_example, sliced_per_example
 from models import ResScore
 from runners.base import Runner
-from runners.figures import plot_figure1
-from runners.outputs import LOSS_LOG, LossLog, prepare_output_folder, read_loss_log
-from training.loop import Objective, train_loop
-from training.setup import setup_training
+from training.loop import Objective
 
 
 def scorenet_loss(model, X, config):
@@ -44,18 +35,6 @@ def scorenet_loss(model, X, config):
     return dsm_per_example(model, X, sigma=t.noise_std)
 
 
-def find_loss_logs(run_dir):
-    """[(doc, config, log)] for every run under ``<run>/logs/`` with a config.yml and a losses.csv, by noise_std."""
-    runs = []
-    for folder in sorted(Path(run_dir, "logs").glob("*/")):
-        if (folder / LOSS_LOG).is_file() and (folder / "config.yml").is_file():
-            try:
-                runs.append((folder.name, load_config(folder / "config.yml"), read_loss_log(folder / LOSS_LOG)))
-            except UserError as e:                    # another run's broken files do not stop this one's test
-                logging.warning("left out of the figure: %s", e)
-    return sorted(runs, key=lambda r: (r[1].training.noise_std, r[0]))
-
-
 class ScoreNetRunner(Runner):
     @staticmethod
     def build_model(config):
@@ -70,8 +49,11 @@ class ScoreNetRunner(Runner):
         if t.algo == "dsm" and t.noise_std == 0:
             raise ConfigError("training.algo dsm needs training.noise_std > 0 (it is the DSM sigma)")
 
-    def train(self):
-        cfg, t = self.config, self.config.training
+    loss_log = True             # losses.csv: what Figure 1 is drawn from
+    flows = {"test": figure1}   # --test: the checkpoint's test loss and Figure 1 (commands/figure1.py)
+
+    def objective(self):
+        cfg = self.config
 
         def loss_fn(model, X):
             return scorenet_loss(model, X, cfg)
@@ -79,39 +61,16 @@ class ScoreNetRunner(Runner):
         def test_fn(model, X):          # with gradients on: SSM needs d s(x) / dx (official: also for the test loss)
             return scorenet_loss(model, X, cfg)[0].mean().item()
 
-        setup = setup_training(self.args, cfg, self.device, self.new_model(training=True))
-        writer = LossLog(setup.writer, Path(self.args.log) / LOSS_LOG, setup.start_step)
-        train_loop(dataclasses.replace(setup, writer=writer),                 # train_loop closes the writer
-                   Objective(loss_fn=loss_fn, test_fn=test_fn, test_name="test_loss",
-                             extra_scalars={"sigma": t.noise_std}))
+        return Objective(loss_fn=loss_fn, test_fn=test_fn, test_name="test_loss",
+                         extra_scalars={"sigma": cfg.training.noise_std})
 
-    def test(self):
-        """Test loss of the checkpoint over the whole test set (``test_loss.json``) and ``figure1.png`` in ``-o``."""
-        cfg, args = self.config, self.args
-        path = Path(args.log) / "checkpoint.pth"
-        model, state = self.trained_model(path)
-        folder = prepare_output_folder(args.image_folder, args.overwrite)
-
-        _, test = get_dataset(cfg.data, args.run)
-        loader = DataLoader(test, batch_size=cfg.training.batch_size, shuffle=False,
-                            num_workers=cfg.training.num_workers)
-        total, count = 0.0, 0
-        for X, _ in tqdm(loader, desc="test loss", unit="batch", dynamic_ncols=True, mininterval=1.0):
-            X = X.to(self.device)
-            per_example, _ = scorenet_loss(model, X, cfg)             # SSM: gradients with respect to X, no no_grad
-            total += per_example.mean().item() * X.shape[0]           # batch mean weighted by batch size
-            count += X.shape[0]
-        result = {"test_loss": total / count, "n_examples": count, "algo": cfg.training.algo,
-                  "noise_std": cfg.training.noise_std, "dataset": cfg.data.dataset, "step": state.get("step"),
-                  "checkpoint": str(path)}
-        (folder / "test_loss.json").write_text(json.dumps(result, indent=2) + "\n")
-        logging.info("test loss of %s (step %s) over %d test images: %.6g", path, result["step"], count,
-                     result["test_loss"])
-
-        runs = find_loss_logs(args.run)
-        if runs:
-            plot_figure1(runs, folder / "figure1.png")
-            logging.info("wrote %s (runs: %s)", folder / "figure1.png", ", ".join(doc for doc, _, _ in runs))
-        else:
-            logging.warning("no run under %s has a %s; figure1.png not drawn", Path(args.run) / "logs", LOSS_LOG)
-        logging.info("wrote %s", folder / "test_loss.json")
+    def held_out_loss(self, objective=None):
+        """Its own objective (SSM or DSM) at ``training.noise_std``, without dequantisation (as it trains)."""
+        t = self.config.training
+        if objective not in (None, "dsm", "ssm"):
+            raise UserError(f"model comparison: objective must be dsm or ssm, got {objective!r}")
+        algo = objective or t.algo
+        if algo == "dsm" and t.noise_std == 0:
+            raise UserError("model comparison: DSM needs training.noise_std > 0 (it is the DSM sigma)")
+        return HeldOutLoss(name=algo.upper(), algo=algo, conditional=False, sigmas=[t.noise_std], weight_power=0.0,
+                           n_particles=t.n_particles, transform=fixed_transform(False, self.config.data.logit_transform))

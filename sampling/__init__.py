@@ -3,8 +3,9 @@
 Every sampler has ONE signature, ``sampler(score_fn, x, sigmas, *, ..., callback=None, project=None) -> x``, with a
 conditional ``score_fn(x, labels)`` (labels index ``sigmas``), a ``callback(info)`` that receives
 ``{"i", "x", "level", "sigma"}`` after every update, and a ``project(x, level, sigma)`` hook through which wrappers
-such as :func:`inpainting` constrain the state.  Nothing here reads configs, files, loggers or devices; models/ holds
-the networks, runners/ decides what to keep of a chain.  ``SAMPLERS`` (sampling/methods.py) names them:
+such as :func:`inpainting` constrain the state.  Nothing here reads files, loggers or devices, and only
+``from_config.py`` reads a config (the ``sampling`` section, into a ``SamplerChoice``: the sampler, its levels and the
+chain start in the compute path's layout); models/ holds the networks, commands/ decides what to keep of a chain.  ``SAMPLERS`` (sampling/methods.py) names them:
 ``langevin`` (the paper's annealed Langevin), ``pc`` (score_sde's predictor-corrector), ``ode`` (the
 probability-flow ODE, torchdiffeq).  noise_rules.py: NCSNv2's rules for the noise levels and the step size
 (Techniques 1, 2, 4).

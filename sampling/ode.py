@@ -20,7 +20,19 @@ import math
 
 import torch
 
+from errors import UserError
 from sampling.schedules import host_sigmas
+
+# torchdiffeq's solvers (sampling.ode_method); the fixed-step ones step from noise level to noise level
+ODE_METHODS = ("dopri5", "dopri8", "bosh3", "fehlberg2", "adaptive_heun", "euler", "midpoint", "heun3", "rk4")
+# The default bound on the network evaluations (NFE) of one ODE solve (sampling.ode_max_nfe, eval.bpd_max_nfe): far
+# above what a solve at the default tolerances takes (tens to a few hundred), low enough that a stiff solve stops in
+# minutes, not hours.
+DEFAULT_MAX_NFE = 10000
+
+
+class _TooManyEvaluations(Exception):
+    """Raised by the drift when a solve exceeds its maximum number of evaluations (see :func:`solve`)."""
 
 
 def interpolated_score(score_fn, sigmas):
@@ -51,15 +63,40 @@ def interpolated_score(score_fn, sigmas):
     return score_at
 
 
-def flow_drift(score_at, counter=None):
+def flow_drift(score_at, counter=None, max_nfe=None):
     """The probability-flow drift in t = log sigma: ``drift(t, x) = -sigma^2 s(x, sigma)`` with sigma = exp(t).
-    ``counter`` (a list holding one int) is incremented once per evaluation (the NFE)."""
+    ``counter`` (a list holding one int) is incremented once per evaluation (the NFE); with ``max_nfe``, an
+    evaluation beyond that count stops the solve (:func:`solve` turns it into one UserError)."""
     def drift(t, x):
         if counter is not None:
             counter[0] += 1
+            if max_nfe is not None and counter[0] > max_nfe:
+                raise _TooManyEvaluations
         sigma = math.exp(float(t))
         return -(sigma ** 2) * score_at(x, sigma)
     return drift
+
+
+def solve(func, y0, times, *, method, rtol, atol, max_nfe, nfe_key, tolerance_keys, goal):
+    """torchdiffeq's ``odeint(func, y0, times, method, rtol, atol)``, its failures as one UserError line each.
+
+    ``func`` is a :func:`flow_drift` (or built on one) with ``max_nfe``: a solve that needs more evaluations stops
+    with an error naming ``nfe_key`` (the config key to raise), rather than returning a truncated solution (a state
+    short of ``goal``, the level it should reach: not a sample, or a likelihood over part of the range, a silently
+    wrong number).  torchdiffeq's ``underflow in dt`` (the step size shrank to nothing: the tolerances cannot be met)
+    names ``tolerance_keys``."""
+    from torchdiffeq import odeint
+    try:
+        return odeint(func, y0, times, method=method, rtol=rtol, atol=atol)
+    except _TooManyEvaluations:
+        raise UserError(f"the ODE solver ({method}, rtol {rtol:g}, atol {atol:g}) used its {max_nfe} network "
+                        f"evaluations ({nfe_key}) before reaching {goal}; raise {nfe_key}, or loosen "
+                        f"{tolerance_keys}") from None
+    except AssertionError as e:
+        if "underflow in dt" not in str(e):
+            raise
+        raise UserError(f"the ODE solver ({method}) shrank its step to nothing (underflow in dt): rtol {rtol:g}, "
+                        f"atol {atol:g} cannot be met on this model; loosen {tolerance_keys}") from e
 
 
 def log_sigma_times(sigma_list, device):
@@ -69,7 +106,7 @@ def log_sigma_times(sigma_list, device):
 
 @torch.no_grad()
 def ode_sampler(score_fn, x, sigmas, *, method="dopri5", rtol=1e-3, atol=1e-3, denoise=False, callback=None,
-                project=None):
+                project=None, max_nfe=DEFAULT_MAX_NFE):
     """Integrate the probability-flow ODE from sigma_1 to sigma_L with torchdiffeq's ``odeint`` (``method``,
     ``rtol``, ``atol``; fixed-step methods such as ``euler`` step from level to level).
 
@@ -79,20 +116,22 @@ def ode_sampler(score_fn, x, sigmas, *, method="dopri5", rtol=1e-3, atol=1e-3, d
     ``project(x, level, sigma)``: with it, the ODE is solved level by level and the state is projected when each
     level starts and at the end (``project(x, None, 0.0)`` after the denoising step), so :func:`inpainting` works
     unchanged; without it the whole range is one solve (fewer evaluations).  ``denoise`` adds the step
-    ``x + sigma_L^2 s(x, L)``.  Returns the final state (B, *D).
+    ``x + sigma_L^2 s(x, L)``.  ``max_nfe``: at most this many drift evaluations in all (``sampling.ode_max_nfe``),
+    else one UserError (:func:`solve`).  Returns the final state (B, *D).
     """
-    from torchdiffeq import odeint
     sigma_list = host_sigmas(sigmas)
     n = len(sigma_list)
     counter = [0]
-    drift = flow_drift(interpolated_score(score_fn, sigma_list), counter)
+    drift = flow_drift(interpolated_score(score_fn, sigma_list), counter, max_nfe)
     times = log_sigma_times(sigma_list, x.device)
     segments = [list(range(n))] if project is None else [[c, c + 1] for c in range(n - 1)]
     step = 0
     for segment in segments if n > 1 else []:
         if project is not None:
             x = project(x, segment[0], sigma_list[segment[0]])
-        states = odeint(drift, x, times[segment], method=method, rtol=rtol, atol=atol)
+        states = solve(drift, x, times[segment], method=method, rtol=rtol, atol=atol, max_nfe=max_nfe,
+                       nfe_key="sampling.ode_max_nfe", tolerance_keys="sampling.ode_rtol / sampling.ode_atol",
+                       goal=f"sigma_L = {sigma_list[-1]:g}")
         for j, level in enumerate(segment[1:], 1):
             x = states[j]
             if callback is not None:

@@ -1,3 +1,4 @@
+import errno
 import os
 import re
 import sys
@@ -128,3 +129,51 @@ def logged_losses(log_dir):
         if m:
             out[int(m[1]), m[2]] = float(m[3])
     return out
+
+
+class FullFile:
+    """An open file on a full disk: the first write puts 3 bytes down, then fails with ENOSPC."""
+
+    def __init__(self, f):
+        self.f = f
+
+    def write(self, data):
+        self.f.write(bytes(data)[:3])
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    def __getattr__(self, name):
+        return getattr(self.f, name)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.f.close()
+
+
+@pytest.fixture
+def full_disk(monkeypatch):
+    """``full_disk(when)``: from now on, a write through the one atomic write (atomic.py) to a path for which
+    ``when(path)`` is true fails with ENOSPC after a few bytes, as on a full disk."""
+    import builtins
+
+    import atomic
+    real_open, rules = builtins.open, []
+
+    def fake_open(path, mode="r", *args, **kwargs):
+        f = real_open(path, mode, *args, **kwargs)
+        return FullFile(f) if "w" in mode and any(rule(Path(path)) for rule in rules) else f
+    monkeypatch.setattr(atomic, "open", fake_open, raising=False)
+    return rules.append
+
+
+@pytest.fixture(scope="module")
+def tiny_sampling_run(tmp_path_factory):
+    """A tiny digits AnnealRunner run 'd' (6 steps, ngf 4, chains of 2 steps per level) under the returned folder,
+    the ``--run`` of the commands that test it."""
+    import main as cli
+    root = tmp_path_factory.mktemp("tiny")
+    cfg = write_yaml(root / "tiny.yml", tiny_digits_config(model={"ngf": 4}, sampling={"n_steps_each": 2,
+                                                                                       "n_samples": 4}))
+    assert cli.main(["--config", str(cfg), "--doc", "d", "--run", str(root / "run")]) == 0
+    return root / "run"

@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from conftest import REPO, main_in_process, tiny_digits_config, write_yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import REPO, main_in_process, tiny_digits_config, write_yaml
 from training.checkpoint import load_checkpoint
 
 
@@ -150,10 +150,11 @@ def test_a_failed_allocation_is_one_line_and_not_called_missing_data(tmp_path, c
 
 
 def test_inpainting_more_references_than_the_test_set_is_one_line(trained, tmp_path, capfd, monkeypatch):
-    import runners.anneal_runner
     from torch.utils.data import Subset
-    real = runners.anneal_runner.get_dataset
-    monkeypatch.setattr(runners.anneal_runner, "get_dataset",                # a test set of 5 images
+
+    import commands.sample
+    real = commands.sample.get_dataset
+    monkeypatch.setattr(commands.sample, "get_dataset",                # a test set of 5 images
                         lambda *a: (real(*a)[0], Subset(real(*a)[1], range(5))))
     run, _ = trained
     saved = run / "logs" / "old" / "config.yml"

@@ -1,15 +1,14 @@
 """Mixed precision (training.amp): the autocast loss tracks the float32 loss, and a bf16 run trains end to end."""
 import pytest
 import torch
+from conftest import tiny_digits_config
 
 import main as cli
-from conftest import tiny_digits_config
+from compute.precision import autocast_context
 from losses import anneal_dsm_score_estimation
 from models import CondRefineNetDilated
 from sampling import geometric_sigmas
 from training.checkpoint import load_checkpoint
-from training.precision import autocast_context
-
 
 # the whole network runs in the autocast dtype (InstanceNorm++ keeps it: models/normalization.py), so bf16's 8-bit
 # mantissa shows in the gradients: 6% measured here (4% when the norms, ELUs and residual adds ran in float32)

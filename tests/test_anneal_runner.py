@@ -1,11 +1,11 @@
 """AnnealRunner end to end on the real digits: training artefacts, sampling outputs, inpainting."""
 import torch
 import yaml
+from conftest import tiny_digits_config
 from PIL import Image
 
 import main as cli
 from configs import config_from_dict
-from conftest import tiny_digits_config
 from datasets import get_dataset
 
 

@@ -54,9 +54,10 @@ def test_a_failed_first_write_leaves_nothing(tmp_path, monkeypatch):
 
 
 def test_the_temp_name_is_the_one_stale_cleanup_knows(tmp_path):
-    from training.resume import _TEMP
+    from atomic import _TEMP
     tmp = temp_path(tmp_path / "checkpoint_5.pth")
-    assert tmp.parent == tmp_path and int(_TEMP.fullmatch(tmp.name)[1]) == os.getpid()
+    m = _TEMP.fullmatch(tmp.name)
+    assert tmp.parent == tmp_path and m[1] == "checkpoint_5.pth" and int(m[2]) == os.getpid()
 
 
 def product_files():

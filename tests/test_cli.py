@@ -9,9 +9,9 @@ import sys
 
 import pytest
 import torch
+from conftest import REPO, tiny_digits_config, write_yaml
 
 import main as cli
-from conftest import REPO, tiny_digits_config, write_yaml
 
 
 def snapshot(root):

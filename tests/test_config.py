@@ -10,15 +10,14 @@ import typing
 
 import pytest
 import yaml
+from conftest import tiny_digits_config
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from configs import Config, config_from_dict, config_to_dict, dump_config, load_config
-from configs import checks
+from configs import Config, checks, config_from_dict, config_to_dict, dump_config, load_config
 from configs.checks import INT64_MAX, INT64_MIN
 from configs.files import CONFIG_DIR
 from errors import ConfigError, excerpt
-from conftest import tiny_digits_config
 
 SHIPPED = sorted(CONFIG_DIR.glob("*.yml"))
 
@@ -426,7 +425,7 @@ def test_any_repeated_yaml_key_is_refused_at_its_line(tmp_path, text_and_line):
         try:
             check_config_or_config_error(load_config, path)
         except ConfigError as e:                                    # pragma: no cover - the check returns None
-            raise AssertionError(e)
+            raise AssertionError(e) from e
 
 
 def test_mnist_small_differs_from_the_official_mnist_config_only_where_it_says():

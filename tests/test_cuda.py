@@ -15,10 +15,10 @@ import numpy as np
 import pytest
 import torch
 import yaml
-
-import main as cli
 from conftest import logged_losses, tiny_digits_config, write_yaml
 from test_eval_cli import StandInInception  # the device check's stand-in (benchmarks/gpu_check_setup.py)
+
+import main as cli
 
 pytestmark = [pytest.mark.cuda, pytest.mark.filterwarnings("ignore:`torch.jit.*deprecated:FutureWarning")]
 
@@ -113,8 +113,8 @@ def test_ddp_over_nccl_in_one_process(cuda, monkeypatch):
     through the project's step functions, and the collectives the loop decides with."""
     import torch.distributed as dist
 
-    from runners.anneal_runner import AnnealRunner, make_sigmas, ncsn_objective
     from configs import config_from_dict
+    from runners.anneal_runner import AnnealRunner, make_sigmas, ncsn_objective
     from training import distributed
     from training.loop import forward_loss, update
     from training.setup import make_optimizer

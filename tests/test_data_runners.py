@@ -8,17 +8,17 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from conftest import logged_losses, main_in_process
 from PIL import Image
 
 import main as cli
-from conftest import logged_losses, main_in_process
 from configs import load_config
-from errors import ConfigError, UserError
 from configs.schema import Data
 from datasets import check_shape, data_transform, get_dataset
+from errors import ConfigError, UserError
+from reports.outputs import read_loss_log
 from runners import AnnealRunner, BaselineRunner, ScoreNetRunner
 from training.checkpoint import load_checkpoint, load_model_state
-from runners.outputs import read_loss_log
 
 
 def data_cfg(shared, name, **kw):

@@ -7,9 +7,8 @@ import sys
 import pytest
 import torch
 import yaml
-from torch.utils.data import TensorDataset
-
 from conftest import REPO, run_main, tiny_digits_config
+from torch.utils.data import TensorDataset
 
 dist = pytest.importorskip("torch.distributed")
 if not (dist.is_available() and dist.is_gloo_available()):
@@ -41,9 +40,9 @@ def torchrun(args, cwd, nproc=2):
 
 
 def test_torchrun_trains_one_run_that_a_single_process_loads_and_samples(tmp_path):
+    from configs import load_config
     from runners import AnnealRunner
     from training.checkpoint import load_checkpoint
-    from configs import load_config
     cfg = tmp_path / "tiny.yml"
     cfg.write_text(yaml.safe_dump(tiny_digits_config()))
     # --run is left at its default: torchrun's own parser takes "--run" for an ambiguous "--run-path"
@@ -75,9 +74,9 @@ def test_torchrun_trains_one_run_that_a_single_process_loads_and_samples(tmp_pat
 
 def _toy_training(tmp, rank, world):
     """Train a small MLP with the project's setup_training/train_loop on a deterministic regression loss."""
+    from compute.precision import unwrap
     from configs import load_config
     from training.loop import Objective, train_loop
-    from training.precision import unwrap
     from training.rng import seed_everything
     from training.setup import setup_training
     torch.set_num_threads(1)
@@ -110,6 +109,7 @@ def _worker(rank, tmp, port):
 
 def test_two_ranks_keep_identical_weights_equal_to_one_process_on_the_whole_batch(tmp_path):
     import socket
+
     import torch.multiprocessing as mp
     cfg = tiny_digits_config(training={"batch_size": 8, "n_iters": 5, "snapshot_freq": 5, "test_freq": 5},
                              optim={"optimizer": "SGD", "lr": 0.05})

@@ -24,7 +24,8 @@ PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 EXAMPLE_FILES = {
     "ssm_compiled.yml",                                      # docs/reliability.md: a refused config
     "config.yml",                                            # the config a run writes into run/logs/<doc>/
-    "my.yml", "inpaint.yml", "bpd.yml", "eval_is.yml", "longer.yml", "new_lr.yml",       # overlays and examples
+    "my.yml", "inpaint.yml", "bpd.yml", "eval_is.yml", "longer.yml", "new_lr.yml", "fastfid.yml", "published.yml",
+    "table1.yml", "table1_denoise.yml",                                                  # overlays
     "missing.yml", "empty.yml", "broken.yml", "typo.yml", "type.yml", "neglr.yml", "sigmas.yml", "batch0.yml",
     "odd.yml", "mnist_offline.yml", "digits_tiny.yml", "big.yml", "dup.yml",            # the error table
 }

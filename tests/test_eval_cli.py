@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 import torch
 import yaml
-
-import main as cli
-import evaluation.export
 from conftest import REPO, tiny_digits_config
+
+import evaluation.export
+import main as cli
 
 sys.path.insert(0, str(REPO / "benchmarks"))
 from gpu_check_setup import StandInInception  # noqa: E402  (one stand-in, shared with the device check)
@@ -59,8 +59,8 @@ def test_eval_exports_scores_and_reruns_to_the_same_file(tiny_run, tmp_path, mon
         real(draw, n, batch_size, seed, folder, batches=[0, 1], progress=progress)
         raise KeyboardInterrupt
     monkeypatch.setattr(evaluation.export, "export_batches", killed)
-    import runners.evaluate
-    monkeypatch.setattr(runners.evaluate, "export_batches", killed)
+    import commands.evaluate
+    monkeypatch.setattr(commands.evaluate, "export_batches", killed)
     part = tmp_path / "part"
     assert evaluate(tiny_run, part) == 130
     assert sorted(p.name for p in (part / "batches").iterdir()) == ["batch_000000.npy", "batch_000001.npy"]
@@ -147,6 +147,7 @@ def test_eval_uses_and_records_the_ema_weights(tiny_run, tmp_path):
     """A checkpoint with EMA weights is evaluated with them ("ema": true in metrics.json and the export's manifest,
     other samples than its raw weights give); an unfinished export of the raw weights is not continued with them."""
     import shutil
+
     from training.checkpoint import load_checkpoint
     run = tmp_path / "run"
     shutil.copytree(tiny_run / "run", run)

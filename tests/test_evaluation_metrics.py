@@ -11,9 +11,19 @@ import torch
 from PIL import Image
 
 from errors import UserError
-from evaluation import (feature_statistics, frechet_distance, images_to_nchw, inception_features, inception_score,
-                        kernel_inception_distance, load_images, precision_recall, reference_statistics,
-                        stats_cache_path, tf1_bilinear_resize)
+from evaluation import (
+    feature_statistics,
+    frechet_distance,
+    images_to_nchw,
+    inception_features,
+    inception_score,
+    kernel_inception_distance,
+    load_images,
+    precision_recall,
+    reference_statistics,
+    stats_cache_path,
+    tf1_bilinear_resize,
+)
 from evaluation import features as features_mod
 
 pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.*deprecated:FutureWarning")
@@ -253,7 +263,7 @@ def test_reference_statistics_bad_inputs_write_nothing(tmp_path):
     with pytest.raises(RuntimeError, match="boom"):
         reference_statistics(rand_images(4), Broken(), cache)
     cache.write_bytes(b"garbage")
-    with pytest.raises(UserError, match="unreadable"):
+    with pytest.raises(UserError, match="is damaged"):
         reference_statistics(rand_images(4), ex, cache)
     assert sorted(os.listdir(tmp_path)) == ["stats.npz"] and cache.read_bytes() == b"garbage"
 
@@ -296,7 +306,7 @@ def test_weights_files(tmp_path, monkeypatch):
 
     torch.jit.save(torch.jit.script(_WrongDim()), str(tmp_path / "wrong.pt"))
     (tmp_path / "garbage.pt").write_bytes(b"\x00not torchscript")
-    for path, message in [(tmp_path / "none.pt", "not found"), (tmp_path / "garbage.pt", "not a readable"),
+    for path, message in [(tmp_path / "none.pt", "not found"), (tmp_path / "garbage.pt", "not a TorchScript file"),
                           (tmp_path / "wrong.pt", r"shape \(1, 3\).*expected \(1, 2048\)")]:
         with pytest.raises(UserError, match=message) as err:
             inception_features(weights=path)

@@ -6,15 +6,19 @@ import functools
 
 import pytest
 import torch
-
-from configs import check_training, config_from_dict, load_config
 from conftest import main_in_process, tiny_digits_config, write_yaml
+from test_models import rel_err
+
+from compute.precision import resolve_amp
+from configs import check_training, config_from_dict, load_config
 from errors import ConfigError
 from models import CondRefineNetDilated
-from models.normalization import (ConditionalInstanceNorm2dPlus, InstanceNorm2dPlus, _instance_norm_plus,
-                                  _instance_norm_plus_fused)
-from test_models import rel_err
-from training.precision import resolve_amp
+from models.normalization import (
+    ConditionalInstanceNorm2dPlus,
+    InstanceNorm2dPlus,
+    _instance_norm_plus,
+    _instance_norm_plus_fused,
+)
 
 
 def _factors(batch, features, dtype, seed=0):

@@ -9,9 +9,9 @@ import sys
 
 import pytest
 import torch
+from conftest import REPO, main_in_process, tiny_digits_config, write_yaml
 
 from configs import config_from_dict
-from conftest import REPO, main_in_process, tiny_digits_config, write_yaml
 
 
 @pytest.mark.filterwarnings("ignore:for .*copying from a non-meta parameter")

@@ -5,13 +5,13 @@ import math
 import numpy as np
 import pytest
 import torch
+from conftest import main_in_process, tiny_digits_config, write_yaml
 from PIL import Image
 
 from configs import config_from_dict
-from conftest import main_in_process, tiny_digits_config, write_yaml
 from datasets import get_dataset
 from errors import ConfigError
-from runners.outputs import grid_image
+from reports.outputs import grid_image
 from sampling.masks import MASK_KINDS, inpainting_mask
 
 SHAPES = [(1, 8, 8), (3, 6, 10)]

@@ -4,9 +4,16 @@ import math
 import pytest
 import torch
 
-from losses import (anneal_dsm_per_example, anneal_dsm_score_estimation, anneal_sliced_per_example,
-                    anneal_sliced_score_estimation_vr, dsm_per_example, dsm_score_estimation, sliced_per_example,
-                    sliced_score_estimation_vr)
+from losses import (
+    anneal_dsm_per_example,
+    anneal_dsm_score_estimation,
+    anneal_sliced_per_example,
+    anneal_sliced_score_estimation_vr,
+    dsm_per_example,
+    dsm_score_estimation,
+    sliced_per_example,
+    sliced_score_estimation_vr,
+)
 from sampling import geometric_sigmas
 
 
@@ -58,7 +65,7 @@ def test_dsm_exact_score_is_minimiser():
     x = torch.zeros(20000, d)
     assert dsm_score_estimation(lambda xt: -xt / sigma ** 2, x, sigma=sigma).item() == pytest.approx(0.0, abs=1e-8)
     for c in (0.9, 1.1):
-        loss = dsm_score_estimation(lambda xt: -c * xt / sigma ** 2, x, sigma=sigma).item()
+        loss = dsm_score_estimation(lambda xt, c=c: -c * xt / sigma ** 2, x, sigma=sigma).item()
         assert loss == pytest.approx(0.5 * (1 - c) ** 2 * d / sigma ** 2, rel=0.03)
 
 
@@ -71,7 +78,7 @@ def test_dsm_minimiser_is_perturbed_data_score():
     losses = []
     for c in cs.tolist():
         torch.manual_seed(6)                        # same noise for every candidate
-        losses.append(dsm_score_estimation(lambda xt: -c * xt, x, sigma=sigma).item())
+        losses.append(dsm_score_estimation(lambda xt, c=c: -c * xt, x, sigma=sigma).item())
     best = cs[int(torch.tensor(losses).argmin())].item()
     assert best == pytest.approx(1 / (1 + sigma ** 2), abs=0.05)
 

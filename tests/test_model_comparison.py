@@ -1,25 +1,27 @@
-"""Model comparison: the test loss on fixed noise (evaluation/test_loss.py) and the checkpoint table
-(runners/comparison.py) on a tiny AnnealRunner run trained in-process on the digits."""
-import argparse
+"""Model comparison: the test loss on fixed noise (evaluation/held_out.py) and the checkpoint table
+(commands/compare.py) on a tiny AnnealRunner run trained in-process on the digits."""
 import csv
+import dataclasses
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
 import yaml
+from conftest import tiny_digits_config
 
 import main as cli
+from commands.compare import compare_checkpoints, find_checkpoints
+from commands.context import RunContext
 from configs import config_from_dict
-from conftest import tiny_digits_config
 from datasets import data_transform
 from errors import UserError
-from evaluation.test_loss import fixed_noise, fixed_transform, per_level_test_loss
+from evaluation.held_out import fixed_noise, fixed_transform, per_level_test_loss
 from losses import anneal_dsm_per_example
 from models import CondRefineNetDilated
 from runners import AnnealRunner, BaselineRunner, ScoreNetRunner
 from runners.anneal_runner import make_sigmas
-from runners.comparison import compare_checkpoints, find_checkpoints
 from training.checkpoint import load_checkpoint
 
 CPU = torch.device("cpu")
@@ -130,9 +132,9 @@ def run(tmp_path_factory):
 
 
 def runner_for(run_dir, config, log=None, cls=AnnealRunner):
-    args = argparse.Namespace(log=str(log or run_dir / "logs" / "t"), run=str(run_dir), doc="t", image_folder="x",
-                              overwrite=False, seed=1234)
-    return cls(args, config, CPU)
+    ctx = dataclasses.replace(RunContext.of_run(run_dir, "t", cls.__name__, command="compare", image_folder="x"),
+                              log=Path(log or run_dir / "logs" / "t"))
+    return cls(ctx, config, CPU)
 
 
 def test_checkpoints_of_a_run_are_compared_and_the_best_is_named(run, tmp_path, caplog):

@@ -5,10 +5,12 @@ import json
 import numpy as np
 import pytest
 import torch
+from test_eval_cli import evaluate
 
 from errors import UserError
 from evaluation.neighbours import median_nearest_distance, nearest_neighbours
-from test_eval_cli import evaluate, tiny_run  # noqa: F401  (the tiny trained run with the stand-in Inception)
+
+pytest_plugins = ["test_eval_cli"]        # its fixture tiny_run: the tiny trained run with the stand-in Inception
 
 pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.*deprecated:FutureWarning")
 

@@ -5,19 +5,24 @@ import math
 import pytest
 import torch
 import yaml
+from conftest import REPO, tiny_digits_config, write_yaml
 
-import main as cli
 from configs import config_from_dict, load_config
 from configs.files import CONFIG_DIR
-from conftest import tiny_digits_config, write_yaml
 from datasets import get_dataset
 from models import CondRefineNetDilated
 from runners.anneal_runner import AnnealRunner, make_sigmas
 from sampling import anneal_langevin_dynamics, geometric_sigmas
-from sampling.noise_rules import (gamma_for_dim, max_pairwise_distance, num_levels, overlap, schedule_ratio,
-                                  step_size_for, variance_ratio)
+from sampling.noise_rules import (
+    gamma_for_dim,
+    max_pairwise_distance,
+    num_levels,
+    overlap,
+    schedule_ratio,
+    step_size_for,
+    variance_ratio,
+)
 from tools import noise_rules as tool
-
 
 # --- Technique 1 -----------------------------------------------------------------------------------------------
 
@@ -210,3 +215,21 @@ def test_v2_configs_differ_from_digits_only_by_their_techniques(name):
     changed = {s: sorted(k for k in vars(getattr(cfg, s)) if getattr(getattr(cfg, s), k) !=
                          getattr(getattr(base, s), k)) for s in vars(cfg)}
     assert {s: k for s, k in changed.items() if k} == {s: sorted(k) for s, k in V2[name].items()}
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--config", "toy.yml"], "toy.yml is a 2-D toy config (ToyRunner): it has no image data set"),
+    (["--config", "digits.yml", "--steps-each", str(10 ** 30)], "--steps-each: sampling.n_steps_each must be <="),
+    (["--config", "digits.yml", "--steps-each", "x"], "argument --steps-each: invalid int value: 'x'"),
+    (["--config", "digits.yml", "--bogus"], "unrecognized arguments: --bogus"),
+    ([], "the following arguments are required: --config"),
+])
+def test_the_script_refuses_bad_flags_and_toy_configs_in_one_line(tmp_path, argv, message):
+    """Run as a script, as a user does: one ``error:`` line on stderr, a non-zero exit, nothing downloaded."""
+    import subprocess
+    import sys
+    r = subprocess.run([sys.executable, str(REPO / "tools" / "noise_rules.py"), *argv], cwd=tmp_path,
+                       capture_output=True, text=True, timeout=120)
+    err = r.stderr.strip().splitlines()
+    assert r.returncode != 0 and len(err) == 1 and err[0].startswith("error: ") and message in err[0], r.stderr
+    assert not (tmp_path / "run").exists()

@@ -7,16 +7,16 @@ The folders are built here the way the official code builds them (``dict2namespa
 ``torch.save([DataParallel state_dict, optimizer.state_dict()])``) from our own tiny networks on the 8x8 digits.
 """
 import argparse
-import json
 import copy
+import json
 
 import pytest
 import torch
 import yaml
+from conftest import logged_losses, main_in_process
 
 from configs import config_from_dict, config_to_dict, dump_config, load_config
 from configs.schema import Config
-from conftest import logged_losses, main_in_process
 from errors import ConfigError
 from runners import AnnealRunner, BaselineRunner, ScoreNetRunner
 from training.checkpoint import load_checkpoint
@@ -248,8 +248,8 @@ def test_official_run_folder_inpaints_evaluates_and_compares_with_an_overlay(tmp
     bad = tmp_path / "bad.yml"
     bad.write_text("sampling: {n_samples: 4}\nmodel: {ngf: 8}\n")
     rc, err = main_in_process(capfd, "--test", "--doc", "mnist", "--run", run, "--config", bad, "-o", tmp_path / "x")
-    assert rc == 1 and err == [f"error: {bad}: on a trained run --config may set only sampling, eval and compute (the network "
-                               f"and data come from the run); it sets model"]
+    assert rc == 1 and err == [f"error: {bad}: on a trained run --config may set only sampling, eval, compute and "
+                               f"data.root (the network and data come from the run); it sets model"]
     assert (log / "config.yml").read_text() == official
 
 

@@ -1,8 +1,8 @@
 """Pictures while training (training.preview_*): a small sample grid every n steps, in the run folder and
 tensorboard, drawn on its own random numbers, so that the run trains exactly as without previews."""
 import torch
-
 from conftest import main_in_process, tiny_digits_config, write_yaml
+
 from training.checkpoint import load_checkpoint
 
 

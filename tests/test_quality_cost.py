@@ -6,9 +6,8 @@ import subprocess
 import sys
 
 import pytest
-from PIL import Image
-
 from conftest import REPO, run_main
+from PIL import Image
 from test_toy import tiny_toy_config
 
 LEVELS = 6          # tiny_toy_config's toy.num_sigmas

@@ -15,11 +15,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import REPO, logged_losses, main_in_process, tiny_digits_config, write_yaml
 
 import main as cli
 from configs import config_from_dict, load_config
 from errors import UserError
-from conftest import REPO, logged_losses, main_in_process, tiny_digits_config, write_yaml
 from training.checkpoint import load_checkpoint, load_model_state, save_checkpoint
 from training.loop import Objective, train_loop
 from training.setup import TrainSetup

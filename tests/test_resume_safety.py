@@ -20,16 +20,20 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import REPO, logged_losses, main_in_process, tiny_digits_config, write_yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from configs import config_from_dict
-from conftest import REPO, logged_losses, main_in_process, tiny_digits_config, write_yaml
 from datasets import BatchStream, FreshSamples
 from errors import UserError
 from training.checkpoint import load_checkpoint, save_checkpoint
-from training.resume import (find_resume_checkpoint, remove_stale_temp_files, restore_training_state,
-                             resume_checkpoint_path)
+from training.resume import (
+    find_resume_checkpoint,
+    remove_stale_temp_files,
+    restore_training_state,
+    resume_checkpoint_path,
+)
 from training.rng import rng_state, seed_everything
 from training.setup import make_optimizer, setup_training
 

@@ -3,9 +3,9 @@ import time
 
 import pytest
 import torch
+from conftest import tiny_digits_config
 
 from configs import config_from_dict
-from conftest import tiny_digits_config
 from errors import ConfigError
 from models import CondRefineNetDilated, RefineNetDilated, ResScore
 from runners import RUNNERS, AnnealRunner, BaselineRunner, ScoreNetRunner, ToyRunner

@@ -5,12 +5,12 @@ import json
 import numpy as np
 import pytest
 import torch
+from conftest import main_in_process, tiny_digits_config, write_yaml
+from test_eval_cli import StandInInception
 
 import main as cli
-from conftest import main_in_process, tiny_digits_config, write_yaml
 from configs.build import config_from_dict
 from errors import ConfigError
-from test_eval_cli import StandInInception
 
 pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.*deprecated:FutureWarning")
 
@@ -89,7 +89,7 @@ def test_config_errors_are_one_line(raw, message):
 
 
 def test_check_bpd_refusal():
-    from runners.sampler_config import check_bpd
+    from commands.evaluate import check_bpd
     from errors import UserError
     with pytest.raises(UserError, match="eval.bpd needs data.logit_transform false"):
         check_bpd(config_from_dict({"eval": {"bpd": True}, "data": {"logit_transform": True}}))

@@ -1,4 +1,4 @@
-"""The fast paths (training/precision.py, the ``compute`` section) track the faithful float32 path.
+"""The fast paths (compute/precision.py, the ``compute`` section) track the faithful float32 path.
 
 Golden: the official code run fully in float64 (``golden_true64.pt``) is matched to 1e-12 by the faithful network
 AND by the fused, channels-last one.  In float32 the fast path's forward, loss and one training step's gradients stay
@@ -10,19 +10,18 @@ import dataclasses
 
 import pytest
 import torch
+from conftest import REPO, tiny_digits_config
+from test_models import GOLDEN, golden, golden_model, rel_err, strip_module  # noqa: F401  (golden is a fixture)
 
 import main as cli
+from compute.precision import FAITHFUL, native_bf16, prepare_model, resolve_amp, score_function, to_layout, unwrap
 from configs import config_from_dict
-from conftest import REPO, tiny_digits_config
 from losses import anneal_dsm_score_estimation
 from models import CondRefineNetDilated
 from runners.anneal_runner import AnnealRunner, make_sigmas, ncsn_objective
 from sampling import anneal_langevin_dynamics
-from test_models import GOLDEN, golden, golden_model, rel_err, strip_module  # noqa: F401  (golden is a fixture)
 from training.checkpoint import load_checkpoint
 from training.loop import forward_loss
-from training.precision import (FAITHFUL, native_bf16, prepare_model, resolve_amp, score_function, to_layout,
-                                unwrap)
 
 FAST = config_from_dict({}).compute          # the shipped defaults: channels-last, fused InstanceNorm++
 SLOW = config_from_dict({"compute": FAITHFUL}).compute

@@ -9,10 +9,10 @@ import sys
 
 import pytest
 import torch
+from conftest import REPO, tiny_digits_config
 from torch.utils.data import Dataset, TensorDataset
 
 from configs import config_from_dict
-from conftest import REPO, tiny_digits_config
 from errors import ConfigError, UserError
 
 SYNC_METHODS = ("item", "tolist", "cpu", "numpy", "__float__", "__int__", "__bool__")
@@ -88,8 +88,7 @@ def test_a_training_step_reads_the_loss_once_after_queuing_the_backward_and_befo
     read (the loss), the optimizer step; no collective in a single process."""
     from datasets import BatchStream
     from models import CondRefineNetDilated
-    from runners.anneal_runner import ncsn_objective
-    from runners.anneal_runner import make_sigmas
+    from runners.anneal_runner import make_sigmas, ncsn_objective
     from training.ema import EMA
     from training.loop import train_loop
     from training.setup import TrainSetup
@@ -134,6 +133,7 @@ def test_forward_loss_and_update_keep_working_for_the_benchmark():
 
 def _counting_worker(rank, tmp, port, n):
     import torch.distributed as dist
+
     from training.loop import Objective, train_loop
     from training.setup import setup_training
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
@@ -288,21 +288,22 @@ def gaussian_score(sigmas, tau2=0.09):
 
 
 def bpd_record(monkeypatch, sizes, **eval_cfg):
-    import evaluation.likelihood
-    import runners.sampler_config as sc
+    import commands.evaluate as sc
+    from commands.context import RunContext
     cfg = config_from_dict(tiny_digits_config(eval={"bpd": True, "bpd_n": 5, "bpd_rtol": 1e-7, "bpd_atol": 1e-7,
                                                     **eval_cfg}))
     sigmas = torch.tensor([1.0, 0.3, 0.1, 0.05], dtype=torch.float64)
-    real = evaluation.likelihood.ode_log_likelihood
+    real = sc.ode_log_likelihood
 
     def spy(score_at, x, *args, **kwargs):
         sizes.append(len(x))
         return real(score_at, x, *args, **kwargs)
     with monkeypatch.context() as m:
-        m.setattr(evaluation.likelihood, "ode_log_likelihood", spy)
+        m.setattr(sc, "ode_log_likelihood", spy)
         m.setattr(sc, "get_dataset", lambda d, root: (None, Images(7)))
         m.setattr(sc, "data_transform", lambda x, d: x)          # no dequantisation noise: a deterministic result
-        return sc.bpd_of_test_set(cfg, gaussian_score(sigmas), sigmas, "unused", seed=0, device=torch.device("cpu"))
+        return sc.bpd_of_test_set(cfg, gaussian_score(sigmas), sigmas, RunContext.of_run("unused", "x", "AnnealRunner",
+                                                                                      seed=0), torch.device("cpu"))
 
 
 def test_bits_per_dim_runs_in_batches_of_eval_bpd_batch_size(monkeypatch):
@@ -393,11 +394,13 @@ def test_rank_0_loads_the_data_set_before_the_other_ranks(monkeypatch, tmp_path,
 
 def test_the_process_group_gets_an_explicit_timeout(monkeypatch):
     import torch.distributed as dist
+
     from training.distributed import init_distributed
     calls = []
     monkeypatch.setattr(dist, "init_process_group", lambda *a, **k: calls.append((a, k)))
-    monkeypatch.setenv("WORLD_SIZE", "2")
-    monkeypatch.setenv("RANK", "1")
+    for name, value in {"WORLD_SIZE": "2", "RANK": "1", "LOCAL_RANK": "1", "MASTER_ADDR": "127.0.0.1",
+                        "MASTER_PORT": "29500"}.items():
+        monkeypatch.setenv(name, value)
     monkeypatch.delenv("NCSN_DIST_TIMEOUT_MIN", raising=False)
     assert init_distributed(torch.device("cpu")) == torch.device("cpu")
     monkeypatch.setenv("NCSN_DIST_TIMEOUT_MIN", "240")
@@ -414,7 +417,7 @@ def test_the_process_group_gets_an_explicit_timeout(monkeypatch):
 
 
 def test_eval_deals_the_missing_batches_so_that_shares_differ_by_at_most_one(monkeypatch, tmp_path):
-    import runners.evaluate as ev
+    import commands.evaluate as ev
     (tmp_path / "batches").mkdir()
     for k in (0, 1, 2, 3, 5):                           # an export resumed after an uneven interruption
         (tmp_path / "batches" / f"batch_{k:06d}.npy").write_bytes(b"")
@@ -424,5 +427,5 @@ def test_eval_deals_the_missing_batches_so_that_shares_differ_by_at_most_one(mon
     shares = []
     for me in (0, 1):
         monkeypatch.setattr(ev, "rank", lambda me=me: me)
-        shares.append(ev._my_batches(tmp_path, 11))
+        shares.append(ev.my_batches(tmp_path, 11))
     assert shares == [[4, 7, 9], [6, 8, 10]] and len(barriers) == 2

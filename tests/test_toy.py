@@ -1,26 +1,26 @@
 """ToyRunner (paper Figures 2 and 3): exact toy densities and scores, the mode metrics, the annealing claim with the
 exact score, the official paper-form sampler settings, and end-to-end runs of ``main.py --runner ToyRunner``."""
-import argparse
 import json
 import math
 
 import pytest
 import torch
+from conftest import run_main
 from PIL import Image
 
+from commands.context import RunContext
 from configs import config_from_dict, load_config, resolve_config_path
-from errors import ConfigError
 from datasets import FreshSamples
 from datasets.toy import GaussianMixture, ring, two_gaussians
+from errors import ConfigError
 from evaluation.toy_metrics import mmd2, mode_metrics
 from models import ToyNCSN
-from runners.toy_runner import METHODS, ToyRunner, _cpu_threads
-from conftest import run_main
+from runners.toy_runner import METHODS, ToyRunner
 
 
 def make_runner(**toy):
     cfg = config_from_dict({"toy": toy})
-    return ToyRunner(argparse.Namespace(seed=0), cfg, torch.device("cpu"))
+    return ToyRunner(RunContext.of_run("run", "toy", "ToyRunner", seed=0), cfg, torch.device("cpu"))
 
 
 # ------------------------------------------------------------------------------------------------- distributions
@@ -163,7 +163,7 @@ def test_annealing_recovers_the_mode_weights():
     the ~1/2-1/2 split of the start (the basins are split by x + y = 0); annealed Langevin recovers 0.8 / 0.2."""
     r = make_runner(seed=0)                                  # toy defaults = the official settings, 1280 samples
     d = r.dist
-    with _cpu_threads(torch.device("cpu")):
+    with r.threads():
         torch.manual_seed(0)
         out = r.sample_all(d.score, lambda x, labels: d.score(x, r.sigmas[labels[0]]))
     m = {k: mode_metrics(d, v) for k, v in out.items()}
@@ -176,7 +176,7 @@ def test_annealing_recovers_the_mode_weights():
 def test_ring_annealed_covers_all_modes():
     r = make_runner(dataset="ring", n_samples=400, langevin_steps=200, n_steps_each=30, seed=0)
     d = r.dist
-    with _cpu_threads(torch.device("cpu")):
+    with r.threads():
         torch.manual_seed(0)
         out = r.sample_all(d.score, lambda x, labels: d.score(x, r.sigmas[labels[0]]))
     for name in ("iid", "langevin", "annealed_langevin"):

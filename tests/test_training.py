@@ -1,12 +1,12 @@
 """training/: the wrapper-aware unwrap keeps official checkpoint keys; the step functions the benchmark shares."""
 import torch
-
-from configs import config_from_dict
 from conftest import tiny_digits_config
+
+from compute.precision import unwrap
+from configs import config_from_dict
 from models import CondRefineNetDilated
 from training.checkpoint import load_checkpoint, load_model_state, save_checkpoint
 from training.loop import forward_loss, update
-from training.precision import unwrap
 from training.setup import make_optimizer
 
 

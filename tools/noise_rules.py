@@ -8,26 +8,33 @@ config's ``sampling.n_steps_each``), and a YAML fragment with these values for a
 in sampling/noise_rules.py.  ``--max-points N``: sigma_1 over a fixed random subset of N training images (stated).
 """
 import argparse
+import dataclasses
 import sys
 from pathlib import Path
 
 if __package__ in (None, ""):                        # run as a script: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import torch                                          # noqa: E402
-import yaml                                           # noqa: E402
-from torch.utils.data import DataLoader, Subset       # noqa: E402
+import torch  # noqa: E402
+import yaml  # noqa: E402
+from torch.utils.data import DataLoader, Subset  # noqa: E402
 
-from configs import load_config                       # noqa: E402
-from configs.files import resolve_config_path         # noqa: E402
-from datasets import data_transform, get_dataset      # noqa: E402
-from errors import UserError                          # noqa: E402
-from sampling.noise_rules import (gamma_for_dim, max_pairwise_distance, num_levels, overlap,  # noqa: E402
-                                  schedule_ratio, step_size_for, variance_ratio)
+from configs import load_config  # noqa: E402
+from configs.files import read_yaml, resolve_config_path  # noqa: E402
+from datasets import data_transform, get_dataset  # noqa: E402
+from errors import UserError  # noqa: E402
+from sampling import noise_rules as rules  # noqa: E402
+
+
+class _Parser(argparse.ArgumentParser):
+    """A bad flag is one line ``error: ...`` (exit 2), without argparse's usage block."""
+
+    def error(self, message):
+        self.exit(2, f"error: {message} (see --help)\n")
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description="NCSNv2 Techniques 1, 2, 4 for a config's data set")
+    p = _Parser(description="NCSNv2 Techniques 1, 2, 4 for a config's data set")
     p.add_argument("--config", required=True, help="a file in configs/ or a path")
     p.add_argument("--steps-each", type=int, default=None,
                    help="Langevin steps per noise level T (default: the config's sampling.n_steps_each)")
@@ -54,17 +61,17 @@ def compute(points, sigma_end, steps_each):
     n, dim = points.shape
     if dim < 5:
         raise UserError(f"Technique 2 needs a data dimension D >= 5, this data set has D = {dim}")
-    sigma_begin = max_pairwise_distance(points)
+    sigma_begin = rules.max_pairwise_distance(points)
     if not sigma_begin > sigma_end:
         raise UserError(f"the largest distance between training images ({sigma_begin:.4g}) does not exceed "
                         f"model.sigma_end ({sigma_end:g}); no schedule to build")
-    gamma = gamma_for_dim(dim)
-    levels = num_levels(sigma_begin, sigma_end, gamma)
-    ratio = schedule_ratio(sigma_begin, sigma_end, levels)
-    eps = step_size_for(ratio, sigma_end, steps_each)
+    gamma = rules.gamma_for_dim(dim)
+    levels = rules.num_levels(sigma_begin, sigma_end, gamma)
+    ratio = rules.schedule_ratio(sigma_begin, sigma_end, levels)
+    eps = rules.step_size_for(ratio, sigma_end, steps_each)
     return {"points": n, "dim": dim, "sigma_begin": sigma_begin, "sigma_end": sigma_end, "gamma_rule": gamma,
-            "num_classes": levels, "gamma": ratio, "overlap": overlap(ratio, dim), "n_steps_each": steps_each,
-            "step_lr": eps, "variance_ratio": variance_ratio(eps, ratio, sigma_end, steps_each)}
+            "num_classes": levels, "gamma": ratio, "overlap": rules.overlap(ratio, dim), "n_steps_each": steps_each,
+            "step_lr": eps, "variance_ratio": rules.variance_ratio(eps, ratio, sigma_end, steps_each)}
 
 
 def fragment(v):
@@ -95,7 +102,17 @@ def main(argv=None):
             raise UserError(f"--steps-each must be a positive integer, got {args.steps_each}")
         if args.max_points is not None and args.max_points < 2:
             raise UserError(f"--max-points must be at least 2, got {args.max_points}")
-        config = load_config(resolve_config_path(args.config))
+        path = resolve_config_path(args.config)
+        config = load_config(path)
+        raw = read_yaml(path)
+        if isinstance(raw, dict) and "toy" in raw and "data" not in raw:
+            raise UserError(f"{args.config} is a 2-D toy config (ToyRunner): it has no image data set, and the noise "
+                            f"rules are computed on a config's training images (e.g. --config digits.yml)")
+        if args.steps_each is not None:
+            try:
+                dataclasses.replace(config.sampling, n_steps_each=args.steps_each)    # the config's own bounds
+            except UserError as e:
+                raise UserError(f"--steps-each: {e}") from e
         points, total = training_points(config, args.run, args.max_points)
         steps = args.steps_each or config.sampling.n_steps_each
         values = compute(points, config.model.sigma_end, steps)

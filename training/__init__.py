@@ -4,7 +4,7 @@
 diagnostics, previews), ``checkpoint.py`` (atomic, safe checkpoint IO in the official-compatible format), ``resume.py``
 (which checkpoint to continue from, restoring and changed settings), ``checkpoint_checks.py`` (validation of every
 field before a resume), ``ema.py`` (the moving average of the weights, ``model.ema``), ``rng.py``
-(seeding and random states), ``distributed.py`` (torchrun / DDP), ``precision.py`` (autocast; the wrapper-aware
-``unwrap``), ``signals.py`` (clean stops).  What may not live here: networks (models/), objectives (losses/), data
+(seeding and random states), ``distributed.py`` (torchrun / DDP), ``signals.py`` (clean stops).
+How the network is computed (autocast, layout, compile) is compute/'s.  What may not live here: networks (models/), objectives (losses/), data
 (datasets/), samplers (sampling/), or anything about a particular experiment (runners/).
 """

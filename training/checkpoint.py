@@ -13,9 +13,9 @@ from pathlib import Path
 import torch
 
 from atomic import atomic_write
+from compute.precision import unwrap
 from configs import config_to_dict
 from errors import UserError
-from training.precision import unwrap
 from training.rng import rng_state
 
 CHECKPOINT_VERSION = 2
@@ -153,3 +153,15 @@ def load_trained(model, path, device, eval_mode=True):
 def uses_ema(state):
     """Whether :func:`load_trained` takes a loaded checkpoint's EMA weights (it has an ``ema`` field)."""
     return state.get("ema") is not None
+
+
+def weights_digest(model):
+    """SHA-256 (hex) of the weights of ``model`` (its bare network's state dict: names, dtypes, shapes, values):
+    what identifies the network that drew an export."""
+    import hashlib
+    h = hashlib.sha256()
+    for name, value in unwrap(model).state_dict().items():
+        t = value.detach().cpu().contiguous()
+        h.update(f"{name}:{t.dtype}:{tuple(t.shape)}:".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()

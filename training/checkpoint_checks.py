@@ -5,9 +5,9 @@ import math
 
 import torch
 
+from compute.precision import unwrap
 from errors import UserError, describe
 from training.checkpoint import check_model_state
-from training.precision import unwrap
 from training.rng import check_rng_state
 
 

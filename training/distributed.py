@@ -34,6 +34,26 @@ def env_rank():
     return _env_int("RANK", 0, 0, world - 1) if world > 1 else 0
 
 
+TORCHRUN_VARIABLES = ("RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")     # set by torchrun with WORLD_SIZE
+
+
+def check_torchrun_env():
+    """With WORLD_SIZE > 1, torchrun's other variables checked together, before any process group is joined: one
+    UserError naming every one that is missing (RANK, LOCAL_RANK, MASTER_ADDR, MASTER_PORT), else the first that is
+    malformed (RANK and LOCAL_RANK in [0, WORLD_SIZE - 1], MASTER_PORT in [1, 65535]).  Without torchrun: nothing."""
+    world = env_world_size()
+    if world == 1:
+        return
+    missing = [name for name in TORCHRUN_VARIABLES if not os.environ.get(name, "").strip()]
+    if missing:
+        names = ", ".join(missing)
+        raise UserError(f"WORLD_SIZE={world} but {names} {'is' if len(missing) == 1 else 'are'} not set: start the "
+                        f"processes with torchrun (docs/multi_gpu.md), or unset WORLD_SIZE to run one process")
+    _env_int("RANK", 0, 0, world - 1)
+    _env_int("LOCAL_RANK", 0, 0, world - 1)
+    _env_int("MASTER_PORT", 0, 1, 65535)
+
+
 DEFAULT_TIMEOUT_MIN = 60      # NCSN_DIST_TIMEOUT_MIN: how long a collective waits for the slowest process
 
 
@@ -50,19 +70,51 @@ def init_distributed(device, refusal=None):
     """Under torchrun (WORLD_SIZE > 1): join the process group (nccl on CUDA, else gloo; timeout
     :func:`dist_timeout`) and return this rank's device (cuda:LOCAL_RANK on CUDA).  Without torchrun: ``device``
     unchanged.  ``refusal``: when the command cannot run in several processes, the one-line reason, raised as a
-    UserError under torchrun."""
+    UserError under torchrun.
+
+    torchrun's variables are checked first (:func:`check_torchrun_env`).  The rendezvous waits at most
+    :func:`dist_timeout` for the other processes (init_process_group's own ``timeout``) and runs in a helper thread,
+    so that SIGINT and SIGTERM reach the main thread while it waits and stop the command with the usual message and
+    exit code 128 + the signal number (main.py's handlers); a rendezvous that fails or times out is one UserError."""
     if env_world_size() == 1:
         return device
     import torch.distributed as dist
     if refusal:
         raise UserError(refusal)
+    check_torchrun_env()
     timeout = dist_timeout()
     if not dist.is_available():
         raise UserError("torchrun started several processes, but this PyTorch has no torch.distributed")
     if device.type == "cuda":
         device = use_device(torch.device("cuda", _env_int("LOCAL_RANK", 0, 0, torch.cuda.device_count() - 1)))
-    dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=timeout)
+    _rendezvous(dist, "nccl" if device.type == "cuda" else "gloo", timeout)
     return device
+
+
+def _rendezvous(dist, backend, timeout):
+    """``dist.init_process_group(backend, timeout=timeout)`` in a daemon thread, the main thread waiting in short
+    joins (interruptible by signals, unlike the C++ wait of the rendezvous itself)."""
+    import threading
+    outcome = {}
+
+    def join():
+        try:
+            dist.init_process_group(backend, timeout=timeout)
+        except BaseException as e:      # handed to the main thread below
+            outcome["error"] = e
+    thread = threading.Thread(target=join, name="ncsn-rendezvous", daemon=True)
+    thread.start()
+    while thread.is_alive():
+        thread.join(0.1)
+    error = outcome.get("error")
+    if error is None:
+        return
+    if isinstance(error, UserError) or not isinstance(error, (RuntimeError, ValueError, OSError)):
+        raise error
+    where = f"{os.environ.get('MASTER_ADDR')}:{os.environ.get('MASTER_PORT')}"
+    first = (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
+    raise UserError(f"cannot join the other {env_world_size() - 1} torchrun process(es) at {where} within "
+                    f"{timeout} (NCSN_DIST_TIMEOUT_MIN): {first}") from error
 
 
 def close_distributed():

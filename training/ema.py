@@ -4,7 +4,7 @@ After every optimizer step, ``shadow = ema_rate * shadow + (1 - ema_rate) * para
 copied as they are.  The update takes three multi-tensor calls (``torch._foreach_mul_``, ``_foreach_add_``,
 ``_foreach_copy_``) over cached lists of the network's tensors instead of two kernels per tensor: the same
 arithmetic (bit for bit on the CPU); the lists are built again when the network's tensors are not the cached ones.
-The shadow is a state dict of the bare network (:func:`training.precision.unwrap`: the official keys, no
+The shadow is a state dict of the bare network (:func:`compute.precision.unwrap`: the official keys, no
 ``module.`` / ``_orig_mod.`` prefix), saved in checkpoints under ``ema`` and loaded for sampling and
 evaluation instead of the raw weights when a checkpoint has it (:func:`training.checkpoint.load_trained`).
 """
@@ -12,7 +12,7 @@ import copy
 
 import torch
 
-from training.precision import unwrap
+from compute.precision import unwrap
 
 
 class EMA:

@@ -16,11 +16,11 @@ from typing import Callable, Optional
 import torch
 from tqdm import tqdm
 
+from compute.precision import autocast_context, nonfinite_parameters, unwrap
 from configs import dump_config
 from errors import NonFiniteLoss, TrainingInterrupted, UserError
 from training.checkpoint import save_checkpoint
 from training.distributed import barrier, dist_mean, is_main, mean_and_max, world_size
-from training.precision import autocast_context, nonfinite_parameters, unwrap
 from training.signals import stop_on_signals
 
 
@@ -195,8 +195,8 @@ def _close_writer(writer, failing):
         return
     try:
         writer.close()
-    except OSError as e:
-        message = f"could not write the tensorboard log: {e.strerror or e}"
+    except (OSError, UserError) as e:   # OSError: a plain SummaryWriter; UserError: training.tb_log.TensorboardLog
+        message = str(e) if isinstance(e, UserError) else f"could not write the tensorboard log: {e.strerror or e}"
         if not failing:
             raise UserError(message) from e
         logging.warning(message)

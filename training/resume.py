@@ -2,20 +2,16 @@
 temporary files, and restoring the training state, applying the settings that changed since (or refusing them)."""
 import logging
 import math
-import os
-import re
 from pathlib import Path
 
 import torch
 
+import atomic
 from configs import config_to_dict
 from errors import UserError, describe
 from training.checkpoint import load_checkpoint, load_model_state, snapshot_step
 from training.checkpoint_checks import HYPERPARAMETERS, check_training_state, is_int, nested_get
 from training.rng import set_rng_state
-
-
-_TEMP = re.compile(r"\.checkpoint.*\.tmp(\d+)")
 
 
 def find_resume_checkpoint(log_dir, map_location="cpu"):
@@ -67,39 +63,9 @@ def resume_checkpoint_path(log_dir):
 
 
 def remove_stale_temp_files(log_dir):
-    """Remove the ``.checkpoint*.tmp<pid>`` files of :func:`atomic_write` whose process is dead; return their paths.
-
-    Files of a live process (it may be writing them now) and files whose process cannot be checked are kept.
-    """
-    removed = []
-    for p in Path(log_dir).glob(".checkpoint*.tmp*"):
-        m = _TEMP.fullmatch(p.name)
-        if not m or not p.is_file() or _process_alive(int(m[1])):
-            continue
-        try:
-            p.unlink()
-        except FileNotFoundError:
-            continue                    # removed meanwhile
-        except OSError as e:
-            logging.warning("cannot remove the stale temporary file %s: %s", p, e.strerror or e)
-            continue
-        removed.append(p)
-        logging.info("removed %s, left by a process that ended while saving", p)
-    return removed
-
-
-def _process_alive(pid):
-    if os.name != "posix" or pid <= 0:
-        return True                     # os.kill(pid, 0) would not be a harmless probe: keep the file
-    if pid == os.getpid():
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True                     # alive, someone else's
-    return True
+    """Remove the ``.checkpoint*.tmp<pid>`` files of :func:`atomic_write` whose process is dead; return their paths
+    (:func:`atomic.remove_stale_temp_files`)."""
+    return atomic.remove_stale_temp_files(log_dir, "checkpoint*")
 
 
 def restore_training_state(state, *, model, optimizer, path, streams=None, scaler=None, config=None, ema=None):

@@ -9,12 +9,13 @@ from typing import Any, Optional
 import torch
 import torch.optim as optim
 
+from compute.precision import maybe_compile, resolve_amp
 from errors import ConfigError, UserError
+from training.distributed import is_main, main_process_first, rank, world_size
 from training.ema import EMA
 from training.resume import find_resume_checkpoint, remove_stale_temp_files, restore_training_state
-from training.distributed import is_main, main_process_first, rank, world_size
-from training.precision import maybe_compile, resolve_amp
 from training.rng import seed_everything
+from training.tb_log import TensorboardLog
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,12 +49,12 @@ def make_optimizer(params, optim_cfg):
     raise UserError(f"optimizer {optim_cfg.optimizer} not understood")
 
 
-def setup_training(args, config, device, model, datasets=None):
-    """Data streams, optimizer, tensorboard writer and (with ``--resume_training``) the restored state: a TrainSetup.
+def setup_training(ctx, config, device, model, datasets=None):
+    """Data streams, optimizer, tensorboard writer and (with ``--resume_training``) the restored state of the run
+    ``ctx`` (commands.context.RunContext): a TrainSetup.
 
     ``datasets`` = (train, test) overrides ``get_dataset`` (tests pass their own).
     """
-    from tensorboardX import SummaryWriter
 
     from datasets import BatchStream, get_dataset
     t = config.training
@@ -62,14 +63,14 @@ def setup_training(args, config, device, model, datasets=None):
         raise ConfigError(f"training.batch_size ({t.batch_size}) must be divisible by the number of processes "
                           f"({n_proc}): each process takes an equal share of every batch")
     if datasets is None:        # under torchrun rank 0 alone may download it; the others then read its files
-        datasets = main_process_first(lambda main: get_dataset(config.data, args.run))
+        datasets = main_process_first(lambda main: get_dataset(config.data, ctx.run))
         if datasets is None:
             raise UserError("rank 0 could not load the data set (it reports why)")
     train, test = datasets
     pin = device.type == "cuda"
     shard = dict(rank=me, world_size=n_proc, num_workers=t.num_workers, pin_memory=pin)
-    train_stream = BatchStream(train, t.batch_size, seed=args.seed, **shard)
-    test_stream = BatchStream(test, min(t.batch_size, len(test)), seed=args.seed + 1, drop_last=True, **shard)
+    train_stream = BatchStream(train, t.batch_size, seed=ctx.seed, **shard)
+    test_stream = BatchStream(test, min(t.batch_size, len(test)), seed=ctx.seed + 1, drop_last=True, **shard)
     model = model.to(device)
     optimizer = make_optimizer(model.parameters(), config.optim)
     amp = resolve_amp(t.amp, device, config.data.image_size)
@@ -80,8 +81,8 @@ def setup_training(args, config, device, model, datasets=None):
     if ema is not None:
         logging.info("keeping an exponential moving average of the weights (model.ema_rate %g)", ema.rate)
     start_step = 0
-    if args.resume_training:
-        log = Path(args.log)
+    if ctx.resume_training:
+        log = Path(ctx.log)
         if is_main():           # the one process that writes checkpoints: it must be able to, before training again
             remove_stale_temp_files(log)
             check_writable(log, "the run folder")
@@ -93,20 +94,16 @@ def setup_training(args, config, device, model, datasets=None):
                                             config=config, ema=ema)
         logging.info("resuming from %s at step %d", path, start_step)
         if me:      # the checkpoint holds rank 0's random state: the other ranks draw their own noise again
-            seed_everything(args.seed + me + 1_000_003 * start_step)
+            seed_everything(ctx.seed + me + 1_000_003 * start_step)
     if n_proc > 1:  # after loading the weights: DDP copies rank 0's into every process, then averages gradients
         model = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None)
-    model = maybe_compile(model, config.compute, cache_root=Path(args.run) / "cache" if getattr(args, "run", None)
-                          else None)
+    model = maybe_compile(model, config.compute, cache_root=Path(ctx.run) / "cache")
     writer = None
     if is_main():
-        try:
-            writer = SummaryWriter(args.tb, purge_step=start_step + 1 if start_step else None)
-        except OSError as e:
-            raise UserError(f"cannot write the tensorboard log {args.tb}: {e.strerror or e}") from e
+        writer = TensorboardLog(ctx.tb, purge_step=start_step + 1 if start_step else None)
     return TrainSetup(model=model, optimizer=optimizer, train_stream=train_stream, test_stream=test_stream,
-                      config=config, log_dir=Path(args.log), writer=writer, device=device, start_step=start_step,
+                      config=config, log_dir=Path(ctx.log), writer=writer, device=device, start_step=start_step,
                       scaler=scaler, amp=amp, ema=ema)
 
 

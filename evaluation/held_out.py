@@ -1,4 +1,4 @@
-"""Test-set score matching losses on fixed noise, to compare checkpoints of a run (pure functions).
+"""Held-out score matching losses on fixed noise, to compare checkpoints of a run (pure functions).
 
 The estimator (Song & Ermon 2019, Eq. 6, with every test image at every level instead of one random level each)::
 
@@ -13,7 +13,8 @@ point (Song et al. 2019), averaged over ``n_particles`` Gaussian projections v::
 
     loss_i = 1/N sum_n  lambda(sigma_i) * 1/P sum_p [ 0.5 ||s(x~_ni)||^2 + v_p^T d(v_p^T s(x~_ni)) / dx ]
 
-which is the annealed SSM objective (``losses.anneal_sliced_per_example``, lambda = sigma^2).  Both estimate the
+which is the annealed SSM objective (``losses.anneal_sliced_per_example``, lambda = sigma^2).  The two terms are
+those of losses/ (``dsm_per_example``, ``ssm_vr_terms``), given this noise.  Both estimate the
 Fisher divergence between the model and the perturbed data up to a constant that does not depend on the network, so
 checkpoints of one run rank the same way under either in expectation; the numbers of the two are not comparable.
 
@@ -26,11 +27,29 @@ Unconditional networks (the single-level BaselineRunner and ScoreNetRunner) pass
 """
 import hashlib
 import math
+from dataclasses import dataclass
+from typing import Callable, Sequence
 
 import torch
 from tqdm import tqdm
 
 from datasets.transforms import logit_transform
+from losses import dsm_per_example
+from losses.sliced_sm import ssm_vr_terms
+
+
+@dataclass(frozen=True)
+class HeldOutLoss:
+    """How a runner's checkpoints are scored on held-out images (the arguments of :func:`per_level_test_loss`):
+    ``name`` for tables, ``algo`` 'dsm' or 'ssm', ``conditional`` (the network takes level labels), ``sigmas``,
+    the weight sigma^``weight_power``, ``n_particles`` (SSM) and the fixed training ``transform``."""
+    name: str
+    algo: str
+    conditional: bool
+    sigmas: Sequence
+    weight_power: float
+    n_particles: int
+    transform: Callable
 
 
 def image_generator(seed, index):
@@ -60,24 +79,21 @@ def fixed_transform(dequantize=True, logit=False):
 
 
 def _dsm_terms(score_fn, x, sigma, z, labels):
-    """0.5 * ||s(x + sigma z) + z / sigma||^2 per example, (B,)."""
+    """0.5 * ||s(x + sigma z) + z / sigma||^2 per example, (B,): ``losses.dsm_per_example`` with the noise z."""
     with torch.no_grad():
-        scores = score_fn(x + sigma * z, labels)
-        return 0.5 * (scores + z / sigma).flatten(1).pow(2).sum(1)
+        return dsm_per_example(lambda xt: score_fn(xt, labels), x, sigma, noise=z)[0]
 
 
 def _ssm_terms(score_fn, x, sigma, z, v, labels):
-    """SSM-VR at x + sigma z, averaged over the P projections v (B, P, *D), per example, (B,)."""
+    """SSM-VR (``losses.ssm_vr_terms``) at x + sigma z, averaged over the P projections v (B, P, *D), per example,
+    (B,)."""
     b, p = v.shape[:2]
     perturbed = (x + sigma * z).unsqueeze(1).expand(b, p, *x.shape[1:]).reshape(b * p, *x.shape[1:])
     flat_v = v.reshape(b * p, *x.shape[1:])
     flat_labels = None if labels is None else labels.repeat_interleave(p)
     with torch.enable_grad():
-        xp = perturbed.detach().requires_grad_(True)
-        s = score_fn(xp, flat_labels)
-        grad = torch.autograd.grad((s * flat_v).sum(), xp)[0]
-    terms = 0.5 * s.detach().flatten(1).pow(2).sum(1) + (flat_v * grad).flatten(1).sum(1)
-    return terms.view(b, p).mean(1)
+        loss1, loss2 = ssm_vr_terms(lambda xt: score_fn(xt, flat_labels), perturbed, flat_v, create_graph=False)
+    return (loss1 + loss2).detach().view(b, p).mean(1)
 
 
 def per_level_test_loss(score_fn, batches, sigmas, *, seed=0, weight_power=2.0, algo="dsm", n_particles=1,

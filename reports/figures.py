@@ -6,7 +6,7 @@ from contextlib import contextmanager
 import numpy as np
 import torch
 
-from runners.outputs import save_gif
+from reports.outputs import save_figure, save_gif
 
 DENSITY_GRID, QUIVER_GRID = 100, 20          # official: 100x100 density image, 20x20 arrows
 
@@ -46,7 +46,7 @@ def plot_figure1(runs, path):
         ax.set_ylabel("score matching loss")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-    fig.savefig(path, dpi=120)
+    save_figure(fig, path, dpi=120)
 
 
 class ToyFigures:
@@ -105,7 +105,7 @@ class ToyFigures:
                          ax=axes[3])
             axes[3].set(xlabel="log data density", ylabel="score error", yscale="log",
                         title="Score error vs. density")
-            fig.savefig(path, bbox_inches="tight", dpi=60)
+            save_figure(fig, path, bbox_inches="tight", dpi=60)
         # the claim of Figure 2 in numbers: the error where data lives vs. where it does not
         high = logp >= torch.quantile(logp, 0.9)
         low = logp <= torch.quantile(logp, 0.5)
@@ -132,7 +132,7 @@ class ToyFigures:
                     else:
                         detail = f"{r['modes_covered']}/{r['n_modes']} modes, weight TV {r['weight_tv']:.3f}"
                     _square(ax, self.bound, f"{titles[m]}\n{detail}")
-            fig.savefig(path, bbox_inches="tight", dpi=60)
+            save_figure(fig, path, bbox_inches="tight", dpi=60)
 
     def score_field_gif(self, ncsn, path):
         """One frame per noise level, largest to smallest: the learned s(x, sigma_i) next to the exact score."""
@@ -143,12 +143,12 @@ class ToyFigures:
             for i, sigma in enumerate(self.sigmas.tolist()):
                 _, _, pts = self._grid(QUIVER_GRID)
                 scale = float(self.dist.score(pts, sigma).norm(dim=1).max())
-                labels = lambda x: torch.full((x.shape[0],), i, dtype=torch.long, device=x.device)   # noqa: E731
+                labels = lambda x, i=i: torch.full((x.shape[0],), i, dtype=torch.long, device=x.device)   # noqa: E731
                 fig = Figure(figsize=(8, 4.2), dpi=60)                          # 480 x 252 pixels
                 ax1, ax2 = fig.subplots(1, 2)
                 fig.subplots_adjust(left=0.06, right=0.99, bottom=0.08, top=0.9, wspace=0.2)
-                self._quiver(ax1, lambda x: ncsn(x, labels(x)), f"learned, sigma = {sigma:.3g}", scale, sigma)
-                self._quiver(ax2, lambda x: self.dist.score(x, sigma), f"exact, sigma = {sigma:.3g}", scale, sigma)
+                self._quiver(ax1, lambda x, labels=labels: ncsn(x, labels(x)), f"learned, sigma = {sigma:.3g}", scale, sigma)
+                self._quiver(ax2, lambda x, sigma=sigma: self.dist.score(x, sigma), f"exact, sigma = {sigma:.3g}", scale, sigma)
                 canvas = FigureCanvasAgg(fig)
                 canvas.draw()
                 rgb = Image.fromarray(np.asarray(canvas.buffer_rgba())[..., :3].copy())
@@ -172,7 +172,7 @@ def _style():
 
 
 def plot_model_comparison(rows, sigmas, path, metric_names=(), title=None):
-    """Checkpoints compared (runners/comparison.py): the mean test loss against step (the best marked), the loss at
+    """Checkpoints compared (commands/compare.py): the mean test loss against step (the best marked), the loss at
     each noise level against step, and one panel per metric (e.g. FID) where computed.  Rows without a step are
     placed by their order."""
     import matplotlib
@@ -208,11 +208,11 @@ def plot_model_comparison(rows, sigmas, path, metric_names=(), title=None):
             ax.set_xticks(x, [r["checkpoint"] for r in rows], rotation=30, fontsize=7)
     if title:
         fig.suptitle(title, fontsize=10)
-    fig.savefig(path, dpi=110)
+    save_figure(fig, path, dpi=110)
 
 
 def plot_neighbours(samples, pixel_images, pixel_distances, feature_images, feature_distances, path, title=None):
-    """The memorisation check (runners/evaluate.py): one row per sample, the sample then its nearest training images
+    """The memorisation check (commands/evaluate.py): one row per sample, the sample then its nearest training images
     in pixel space (left block) and in feature space (right block), each titled with its L2 distance.
     ``samples``: uint8 (Q, H, W, C); ``*_images``: uint8 (Q, k, H, W, C); ``*_distances``: (Q, k)."""
     from matplotlib.figure import Figure
@@ -237,4 +237,4 @@ def plot_neighbours(samples, pixel_images, pixel_distances, feature_images, feat
     for ax in axes.flat:
         ax.set_axis_off()
     fig.suptitle((title + ": " if title else "") + "pixel space (left), feature space (right)", fontsize=8)
-    fig.savefig(path, dpi=110)
+    save_figure(fig, path, dpi=110)

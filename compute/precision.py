@@ -14,6 +14,8 @@ from pathlib import Path
 
 import torch
 
+from errors import UserError
+
 FAITHFUL = {"channels_last": False, "fused_norm": False, "compile": False, "compile_mode": "default"}
 
 
@@ -81,14 +83,57 @@ def to_layout(x, compute):
     return x.contiguous(memory_format=torch.channels_last) if compute.channels_last and x.dim() == 4 else x
 
 
+def _usable(folder):
+    """``folder`` for inductor's caches, created; a UserError if it cannot be created or written."""
+    try:
+        os.makedirs(folder, exist_ok=True)
+        if not os.access(folder, os.W_OK | os.X_OK):
+            raise PermissionError(13, "Permission denied", folder)
+    except OSError as e:
+        raise UserError(f"torch.compile's kernel cache {folder} (TORCHINDUCTOR_CACHE_DIR) is not a writable folder: "
+                        f"{e.strerror or e}; unset TORCHINDUCTOR_CACHE_DIR or point it at a writable folder") from e
+    return folder
+
+
+def unusable_inductor_cache():
+    """Why the TORCHINDUCTOR_CACHE_DIR of the environment cannot be used (one line), or None.  Asked before
+    torchvision is imported: that import imports ``torch._dynamo``, which creates the folder and fails with a
+    traceback where it cannot."""
+    value = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
+    if value is None:
+        return None
+    try:
+        _usable(os.path.abspath(value))
+    except UserError as e:
+        return str(e)
+    return None
+
+
+def inductor_cache_dir(cache_root):
+    """Point TORCHINDUCTOR_CACHE_DIR at ``cache_root``/inductor unless the user chose another folder; return the
+    folder inductor will use.  ``import torch._dynamo`` (torchvision imports it) already sets the variable to torch's
+    default folder, so a plain ``setdefault`` never takes effect: the variable counts as the user's only when it
+    names another folder than that default.  A folder that cannot be created or written is one UserError."""
+    value = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
+    if value is not None:
+        _usable(os.path.abspath(value))  # before importing inductor, which creates it with a traceback
+    from torch._inductor.runtime.cache_dir_utils import default_cache_dir
+    default = os.path.abspath(default_cache_dir())
+    if cache_root is not None and (value is None or os.path.abspath(value) == default):
+        value = str(Path(cache_root) / "inductor")
+    folder = _usable(os.path.abspath(value or default))
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = folder
+    return folder
+
+
 def maybe_compile(model, compute, cache_root=None):
     """``torch.compile(model)`` when ``compute.compile`` asks (else ``model``).  Inductor's caches go under
-    ``cache_root``/inductor (e.g. ``<run>/cache``) unless TORCHINDUCTOR_CACHE_DIR is set, so a second run with the same
-    network and shapes reuses the compiled kernels instead of compiling again; the first call is timed and logged."""
+    ``cache_root``/inductor (e.g. ``<run>/cache``) unless TORCHINDUCTOR_CACHE_DIR names another folder
+    (:func:`inductor_cache_dir`), so a second run with the same network and shapes reuses the compiled kernels
+    instead of compiling again; the first call is timed and logged."""
     if not compute.compile:
         return model
-    if cache_root is not None:
-        os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(Path(cache_root) / "inductor"))
+    inductor_cache_dir(cache_root)
     compiled = torch.compile(model, mode=None if compute.compile_mode == "default" else compute.compile_mode)
     return _TimeFirstCall(compiled)
 

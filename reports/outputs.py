@@ -11,7 +11,7 @@ from tqdm import tqdm
 
 from atomic import atomic_write
 from errors import UserError
-from evaluation.export import check_diverged
+from evaluation.export import DIVERGENCE_HINT, check_diverged
 
 LOG_FORMAT = "%(levelname)s - %(filename)s - %(asctime)s - %(message)s"
 
@@ -67,16 +67,35 @@ def grid_image(x, nrow):
     return Image.fromarray(arr)
 
 
+def save_image(image, path, **kwargs):
+    """Write a PIL image (its format from the file name) through the one atomic write: a full disk is one error
+    line and leaves no partial file."""
+    from PIL import Image
+    kind = Image.registered_extensions()[Path(path).suffix.lower()]
+    atomic_write(path, lambda f: image.save(f, format=kind, **kwargs))
+
+
+def save_tensor(value, path):
+    """``torch.save`` through the one atomic write."""
+    atomic_write(path, lambda f: torch.save(value, f))
+
+
+def save_figure(fig, path, **kwargs):
+    """A matplotlib figure (its format from the file name) through the one atomic write."""
+    atomic_write(path, lambda f: fig.savefig(f, format=Path(path).suffix[1:], **kwargs))
+
+
 def save_grid(x, path, nrow):
-    grid_image(x, nrow).save(path)
+    save_image(grid_image(x, nrow), path)
 
 
 def save_gif(frames, path, duration=40):
     """Write PIL frames as a looping GIF."""
-    frames[0].save(path, save_all=True, append_images=frames[1:], duration=duration, loop=0)
+    save_image(frames[0], path, save_all=True, append_images=frames[1:], duration=duration, loop=0)
 
 
-def sample_to_folder(sampler, x, *, total, folder, data_cfg, sampling_cfg, nrow, desc, name="samples", grid=None):
+def sample_to_folder(sampler, x, *, total, folder, data_cfg, sampling_cfg, nrow, desc, name="samples", grid=None,
+                     hint=DIVERGENCE_HINT):
     """Run ``sampler(x, callback) -> x`` (a sampling/ sampler, bound to its score) with a progress bar; write its outputs.
 
     x: (N, C, H, W) initial state; ``total`` is the number of sampler steps.  Writes into ``folder``:
@@ -98,17 +117,17 @@ def sample_to_folder(sampler, x, *, total, folder, data_cfg, sampling_cfg, nrow,
         if smp.save_all_frames:
             img = inverse_data_transform(x_i, data_cfg).cpu()
             save_grid(img, folder / f"image_{i}.png", nrow)
-            torch.save(img, folder / f"image_raw_{i}.pth")
+            save_tensor(img, folder / f"image_raw_{i}.pth")
 
     try:
         x = sampler(x, callback)
     finally:
         bar.close()
-    check_diverged(x, note="; nothing written")
+    check_diverged(x, note="; nothing written", hint=hint)
     samples = inverse_data_transform(x, data_cfg).cpu()                               # (N, C, H, W)
     images, grid_nrow = grid(samples) if grid is not None else (samples, nrow)
     save_grid(images, folder / f"{name}.png", grid_nrow)
-    torch.save(samples, folder / f"{name}.pth")
+    save_tensor(samples, folder / f"{name}.pth")
     save_gif(frames, folder / "movie.gif")
     logging.info("wrote %s, %s and %s", folder / f"{name}.png", folder / f"{name}.pth", folder / "movie.gif")
     return samples
