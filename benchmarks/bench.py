@@ -260,6 +260,13 @@ def bench_setting(name, device, args, peaks):
             base.setdefault("export", ms)
             rows[-1]["speedup"] = base["export"] / ms
             print(_line(rows[-1]), flush=True)
+            for nfe in args.export_nfe:   # a Karras-schedule sampler (sampling.nfe): nfe network passes per sample
+                ms = step_ms * nfe * math.ceil(args.export / n_sample)
+                rows.append({"setting": name, "what": f"export {args.export} samples (batch {n_sample}, {nfe} NFE)",
+                             "variant": label, "amp": resolved, "tf32": state, "ms": ms,
+                             "images_per_s": args.export / (ms / 1000), "hours": ms / 3.6e6, "measured": False})
+                rows[-1]["speedup"] = base["export"] / ms
+                print(_line(rows[-1]), flush=True)
     set_tf32(device, False)
     return rows
 
@@ -305,6 +312,9 @@ def main():
                    help="images per Langevin step (default: 36 digits, 25 MNIST, 8 CIFAR-10)")
     p.add_argument("--export", type=int, default=0, metavar="N",
                    help="also project the time of an N-sample export (--eval) from the Langevin step")
+    p.add_argument("--export-nfe", type=int, nargs="*", default=[], metavar="K",
+                   help="with --export: also project it for a sampler of K network evaluations per sample (heun, "
+                        "dpmpp_2m, euler_ancestral at sampling.nfe K), from the same step")
     p.add_argument("--json", default="bench.json")
     args = p.parse_args()
     device = torch.device(args.device)

@@ -16,6 +16,7 @@ SAMPLERS = {    # overlay name: sampling section of a --test
     "langevin": {"method": "langevin"},
     "pc": {"method": "pc", "predictor": "reverse_diffusion", "corrector": "langevin", "n_steps_each": 1},
     "ode": {"method": "ode"},
+    "heun": {"method": "heun", "nfe": 35, "denoise": True},
     "inpaint": {"method": "langevin", "inpainting": True, "inpainting_mask": "centre_box"},
 }
 

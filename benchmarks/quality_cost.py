@@ -4,7 +4,13 @@ denoising step (the combinations of COMBOS), for a trained run of AnnealRunner (
 MMD to the data and the mode-weight error of paper Figure 3).
 
     python benchmarks/quality_cost.py --doc digits [--run run] [--n 100] [--json quality_cost.json]
-                                      [--plot assets/quality_cost.png]
+                                      [--plot assets/quality_cost.png] [--nfe-grid] [--seeds 2] [--methods heun,...]
+    python benchmarks/quality_cost.py --from-json a.json b.json --plot both.png      # one figure of several runs
+
+``--nfe-grid`` draws every sampler at budgets of about NFE_BUDGETS network evaluations per sample instead (annealed
+Langevin at the T that fits the model's L levels, PC, the ODE at two tolerances, the Karras-schedule samplers of
+sampling/karras.py at each budget; see nfe_grid), from the main (EMA) weights only; ``--seeds`` repeats each
+combination from that many seeds, ``--methods`` keeps some samplers.
 
 Every combination draws ``--n`` samples from the same seed.  Images are scored exactly as ``--eval`` scores (the
 run's reference set and cached Inception statistics, evaluation.scores.image_scores), with the run's EMA and raw
@@ -47,6 +53,39 @@ COMBOS = [("langevin", "Langevin T=10", "langevin", {"n_steps_each": 10}, False,
           ("pc", "PC (RD + Langevin, 1 step)", "pc", PC1, True, "main"),
           ("pc", "PC (RD + Langevin, 5 steps)", "pc", {**PC1, "n_steps_each": 5}, False, "main"),
           ("ode", "ODE (dopri5, tol 1e-3)", "ode", ODE, False, "both")]
+# --nfe-grid: the budgets of network evaluations per sample (the Karras samplers stop at 200: 1000 is the paper's
+# annealed Langevin, the cost to beat)
+NFE_BUDGETS = (10, 20, 35, 50, 100, 200, 1000)
+KARRAS_BUDGETS = (10, 20, 35, 50, 100, 200)
+GRID_PLAIN_BUDGETS = (35, 100)
+KARRAS_LABELS = {"heun": "Heun (EDM)", "dpmpp_2m": "DPM-Solver++(2M)", "euler_ancestral": "Euler ancestral"}
+
+
+def nfe_grid(n_levels, methods=None):
+    """The combinations of ``--nfe-grid`` for a model of ``n_levels`` levels (as COMBOS, main weights), restricted
+    to ``methods`` (sampling.method names) when given.  Each row costs an FID (about 20 s on a 2-core CPU), so the
+    grid is what answers the question: the Karras samplers at each of KARRAS_BUDGETS with the final denoising step
+    (their natural end, sigma = 0) and at GRID_PLAIN_BUDGETS without it; annealed Langevin at T = budget // L steps
+    per level with the denoising step, its largest T also without (the paper's sampler); PC with 1 and 4 corrector
+    steps per level; the ODE at tolerance 1e-2 and 1e-3 (the latter also without denoising)."""
+    grid = []
+    steps = sorted({b // n_levels for b in NFE_BUDGETS if b // n_levels >= 1})
+    for T in steps:
+        for denoise in (True, False) if T == steps[-1] else (True,):
+            grid.append(("langevin", f"Langevin T={T}", "langevin", {"n_steps_each": T}, denoise))
+    for k in (1, 4):
+        grid.append(("pc", f"PC (RD + Langevin, {k} step{'s' if k > 1 else ''})", "pc", {**PC1, "n_steps_each": k},
+                     True))
+    for tol, plain in ((1e-2, False), (1e-3, True)):
+        for denoise in (True, False) if plain else (True,):
+            grid.append(("ode", f"ODE (dopri5, tol {tol:g})", "ode", {**ODE, "ode_rtol": tol, "ode_atol": tol},
+                         denoise))
+    for method, label in KARRAS_LABELS.items():
+        for b in KARRAS_BUDGETS:
+            for denoise in (True, False) if b in GRID_PLAIN_BUDGETS else (True,):
+                grid.append((method, f"{label}, NFE {b}", method, {"nfe": b}, denoise))
+    return [(family, label, method, keys, denoise, "main") for family, label, method, keys, denoise in grid
+            if methods is None or method in methods]
 
 
 class Counted:
@@ -178,15 +217,17 @@ def draw(problem, score, method, keys, denoise, n, seed):
     return x, counted.examples / n
 
 
-def at_least_two(text):
-    """--n: a whole number of samples, at least 2 (FID, KID and the MMD need two)."""
-    try:
-        n = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a whole number, got {text!r}") from None
-    if n < 2:
-        raise argparse.ArgumentTypeError(f"must be at least 2 (FID, KID and MMD need two samples), got {n}")
-    return n
+def whole_number(least, why=""):
+    """An argparse type: a whole number of at least ``least`` (``why``: the reason, for the message)."""
+    def parse(text):
+        try:
+            n = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be a whole number, got {text!r}") from None
+        if n < least:
+            raise argparse.ArgumentTypeError(f"must be at least {least}{why}, got {n}")
+        return n
+    return parse
 
 
 def writable_file(text):
@@ -201,16 +242,24 @@ def writable_file(text):
 
 def main(argv=None):
     p = argparse.ArgumentParser(prog="quality_cost.py", description=__doc__.splitlines()[0])
-    p.add_argument("--doc", required=True)
+    p.add_argument("--doc")
     p.add_argument("--run", default="run")
-    p.add_argument("--n", type=at_least_two, default=None,
+    p.add_argument("--n", type=whole_number(2, " (FID, KID and MMD need two samples)"), default=None,
                    help="samples per combination, at least 2 (default 100; a toy: toy.n_samples)")
     p.add_argument("--seed", type=int, default=1234)
     p.add_argument("--json", type=writable_file, default=Path("quality_cost.json"))
     p.add_argument("--plot", type=writable_file, default=None)
+    p.add_argument("--nfe-grid", action="store_true", help="every sampler at budgets of NFE (see above)")
+    p.add_argument("--seeds", type=whole_number(1), default=1, help="sample seeds per combination (--seed, --seed+1, ...)")
+    p.add_argument("--methods", type=method_list, default=None, help="with --nfe-grid: only these samplers")
+    p.add_argument("--from-json", nargs="+", default=None, help="replot --nfe-grid JSONs (with --plot); no sampling")
     args = p.parse_args(argv)
+    if args.doc is None and args.from_json is None:
+        p.error("the following arguments are required: --doc (or --from-json)")
+    if args.methods and not args.nfe_grid:
+        p.error("--methods selects samplers of --nfe-grid")
     try:
-        study(args)
+        replot(args) if args.from_json else study(args)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
@@ -222,30 +271,56 @@ def study(args):
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     problem = load_problem(args.run, args.doc, device)
     n = problem.default_n if args.n is None else args.n
+    combos = nfe_grid(len(problem.sigmas), args.methods) if args.nfe_grid else COMBOS
+    seeds = [args.seed + k for k in range(args.seeds)]
     rows = []
     with problem.threads():
-        for family, label, method, keys, denoise, which in COMBOS:
+        for family, label, method, keys, denoise, which in combos:
             for weights in problem.weights(which):
-                start = time.perf_counter()
-                x, nfe = draw(problem, problem.scores[weights], method, keys, denoise, n, args.seed)
-                rows.append({"family": family, "sampler": label, "weights": weights, "denoise": denoise, "nfe": nfe,
-                             **problem.score_samples(x), "seconds": time.perf_counter() - start})
-                print(json.dumps(rows[-1]), flush=True)
-    result = {"run": f"{Path(args.run).name}/logs/{args.doc}", "step": problem.step, "n": n, "seed": args.seed,
-              "reference": problem.source, "rows": rows, "baselines": problem.baselines}
+                for seed in seeds:
+                    start = time.perf_counter()
+                    x, nfe = draw(problem, problem.scores[weights], method, keys, denoise, n, seed)
+                    rows.append({"family": family, "sampler": label, "weights": weights, "denoise": denoise,
+                                 "nfe": nfe, "seed": seed, **problem.score_samples(x),
+                                 "seconds": time.perf_counter() - start})
+                    print(json.dumps(rows[-1]), flush=True)
+    result = {"run": f"{Path(args.run).name}/logs/{args.doc}", "step": problem.step, "n": n, "seeds": seeds,
+              "levels": len(problem.sigmas), "sigmas": [float(v) for v in problem.sigmas], "reference": problem.source, "metric": problem.metric,
+              "nfe_grid": args.nfe_grid, "rows": rows, "baselines": problem.baselines}
     atomic_write(args.json, json.dumps(result, indent=1).encode())
     print(table(rows, problem.metric))
     for label, values in problem.baselines.items():
         print(f"{label}: " + ", ".join(f"{k} {v}" for k, v in values.items()))
-    if args.plot:
+    if args.plot and args.nfe_grid:
+        plot_grid([result], args.plot, f"{args.doc}: {n} samples vs {problem.source}")
+    elif args.plot:
         plot(rows, args.plot, f"{args.doc}: {n} samples vs {problem.source}", problem)
 
 
+def averaged(rows, metric):
+    """The rows of one combination (sampler, weights, denoise) over its seeds: one row each, with the mean of
+    ``metric`` (and of KID), the seeds' values (``per_seed``) and the summed seconds."""
+    groups = {}
+    for r in rows:
+        groups.setdefault((r["sampler"], r["weights"], r["denoise"]), []).append(r)
+    out = []
+    for group in groups.values():
+        mean = {k: sum(r[k] for r in group) / len(group) for k in (metric, "kid", "kid_std", "nfe") if k in group[0]}
+        out.append({**group[0], **mean, "per_seed": [r[metric] for r in group],
+                    "seconds": sum(r["seconds"] for r in group)})
+    return out
+
+
 def table(rows, metric):
-    """The rows as a markdown table, best first."""
+    """The rows as a markdown table, best first (a combination drawn from several seeds: its mean, then each)."""
+    rows = averaged(rows, metric)
+    several = any(len(r["per_seed"]) > 1 for r in rows)
     if metric == "fid":
-        head = "| sampler | weights | denoise | NFE / sample | FID | KID (x1e3) | seconds |\n|---|---|---|---:|---:|---:|---:|"
-        cells = lambda r: f"{r['fid']:.1f} | {1e3 * r['kid']:.2f} +- {1e3 * r['kid_std']:.2f}"      # noqa: E731
+        head = ("| sampler | weights | denoise | NFE / sample | FID | KID (x1e3) | seconds |\n"
+                "|---|---|---|---:|---:|---:|---:|")
+        cells = lambda r: (f"{r['fid']:.1f}" + (f" ({', '.join(f'{v:.1f}' for v in r['per_seed'])})"   # noqa: E731
+                                                 if several else "")
+                           + f" | {1e3 * r['kid']:.2f} +- {1e3 * r['kid_std']:.2f}")
     else:
         head = ("| sampler | score | denoise | NFE / sample | MMD^2 (x1e3) | mode-weight error | seconds |\n"
                 "|---|---|---|---:|---:|---:|---:|")
@@ -286,6 +361,67 @@ def plot(rows, path, title, problem):
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     save_figure(fig, path, dpi=110)
     plt.close(fig)
+
+
+GRID_COLOURS = {"langevin": "tab:blue", "pc": "tab:orange", "ode": "tab:green", "heun": "tab:red",
+                "dpmpp_2m": "tab:purple", "euler_ancestral": "tab:brown"}
+
+
+def plot_grid(results, path, title):
+    """FID (or the toy's MMD) against NFE from ``--nfe-grid`` results: one line per sampler (colour), final
+    denoising step (solid: with, dotted: without) and run (marker), each point the mean over its seeds."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(8, 5))
+    markers = "osD^v"
+    metric = results[0]["metric"]
+    for k, result in enumerate(results):
+        lines = {}
+        for r in averaged(result["rows"], metric):
+            lines.setdefault((r["family"], r["denoise"]), []).append((r["nfe"], r[metric]))
+        for (family, denoise), points in sorted(lines.items()):
+            points.sort()
+            ax.plot([p[0] for p in points], [p[1] for p in points], color=GRID_COLOURS[family],
+                    linestyle="-" if denoise else ":", marker=markers[k % len(markers)], markersize=4,
+                    label=f"{result['run'].split('/')[-1]}: {family}{' + denoise' if denoise else ''}")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("network evaluations per sample")
+    ax.set_ylabel("FID (lower is better)" if metric == "fid" else "MMD$^2$ to i.i.d. data (lower is better)")
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=6, ncol=2)
+    fig.tight_layout()
+    save_figure(fig, path, dpi=110)
+    plt.close(fig)
+
+
+def method_list(text):
+    """--methods: comma-separated sampling.method names."""
+    from sampling import SAMPLERS
+    names = [m for m in text.split(",") if m]
+    unknown = [m for m in names if m not in SAMPLERS]
+    if unknown or not names:
+        named = ", ".join(unknown) if unknown else repr(text)
+        raise argparse.ArgumentTypeError(f"unknown sampler {named}; choose from {', '.join(SAMPLERS)}")
+    return names
+
+
+def replot(args):
+    """--from-json: the figure (and tables) of earlier --nfe-grid results, drawing nothing."""
+    results = []
+    for path in args.from_json:
+        try:
+            results.append(json.loads(Path(path).read_text()))
+        except (OSError, ValueError) as e:
+            raise UserError(f"--from-json {path}: {e}") from e
+        if not results[-1].get("nfe_grid"):
+            raise UserError(f"--from-json {path}: not the JSON of a --nfe-grid study")
+        print(f"\n{results[-1]['run']} ({results[-1]['levels']} levels)" + table(results[-1]["rows"],
+                                                                                  results[-1]["metric"]))
+    if args.plot:
+        plot_grid(results, args.plot, ", ".join(f"{r['run']} ({r['n']} samples, seeds {r['seeds']})"
+                                                for r in results))
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ from typing import Optional
 
 from configs.checks import check_int_ranges, choice, non_negative, positive
 from errors import ConfigError, excerpt
+from sampling.karras import KARRAS_METHODS, fewest_evaluations, nfe_too_small
 from sampling.masks import MASK_KINDS
 from sampling.methods import SAMPLERS
 from sampling.ode import DEFAULT_MAX_NFE, ODE_METHODS
@@ -146,7 +147,8 @@ class Sampling:
     inpainting_mask: str = "left_half"  # official: the left half observed; or top_half, centre_box, random_pixels
     inpainting_fraction: float = 0.5   # the hidden share for centre_box and random_pixels (sampling/masks.py)
     amp: str = "auto"                  # autocast of the network while sampling (--test, --eval, previews); as training.amp
-    method: str = "langevin"           # 'langevin' (the paper), 'pc' (score_sde predictor-corrector), 'ode'
+    method: str = "langevin"           # 'langevin' (the paper), 'pc' (score_sde predictor-corrector), 'ode',
+                                       # 'heun', 'dpmpp_2m', 'euler_ancestral' (a Karras schedule, sampling/karras.py)
     predictor: str = "reverse_diffusion"   # pc: 'reverse_diffusion' or 'none'
     corrector: str = "langevin"        # pc: 'langevin' or 'none'; n_steps_each corrector steps per level
     snr: float = 0.16                  # pc: the corrector's signal-to-noise ratio (score_sde NCSN/VE CIFAR-10: 0.16)
@@ -154,11 +156,14 @@ class Sampling:
     ode_rtol: float = 1e-3             # ode: solver tolerances (below 8-bit quantisation, 1/256)
     ode_atol: float = 1e-3
     ode_max_nfe: int = DEFAULT_MAX_NFE  # ode: at most this many network evaluations per solve (else one error)
+    nfe: int = 35                      # heun, dpmpp_2m, euler_ancestral: network evaluations per sample (a budget)
+    s_churn: float = 0.0               # heun: EDM's stochastic churn (0: the deterministic sampler)
 
     def __post_init__(self):
         choice(self.amp, AMP_CHOICES, "sampling.amp")
-        for name in ("n_samples", "n_steps_each", "n_steps", "step_lr", "gif_every", "snr", "ode_max_nfe"):
+        for name in ("n_samples", "n_steps_each", "n_steps", "step_lr", "gif_every", "snr", "ode_max_nfe", "nfe"):
             positive(getattr(self, name), f"sampling.{name}")
+        non_negative(self.s_churn, "sampling.s_churn")
         choice(self.method, tuple(SAMPLERS), "sampling.method")
         choice(self.predictor, PREDICTORS, "sampling.predictor")
         choice(self.corrector, CORRECTORS, "sampling.corrector")
@@ -168,6 +173,12 @@ class Sampling:
         if self.method == "pc" and self.predictor == "none" and self.corrector == "none":
             raise ConfigError("sampling.method pc with sampling.predictor and sampling.corrector both 'none' "
                               "does nothing; choose one")
+        if self.s_churn > 0 and self.method != "heun":
+            raise ConfigError(f"sampling.s_churn is EDM's churn of sampling.method heun; with method "
+                              f"{self.method} it would be ignored: leave it at 0", key="sampling.s_churn")
+        if self.method in KARRAS_METHODS and self.nfe < fewest_evaluations(self.method, self.denoise):
+            raise ConfigError(nfe_too_small(self.method, self.nfe, self.denoise,
+                                            fewest_evaluations(self.method, self.denoise)), key="sampling.nfe")
         choice(self.inpainting_mask, MASK_KINDS, "sampling.inpainting_mask")
         if not 0 < self.inpainting_fraction < 1:
             raise ConfigError(f"sampling.inpainting_fraction must be in (0, 1), got "

@@ -7,7 +7,8 @@ such as :func:`inpainting` constrain the state.  Nothing here reads files, logge
 ``from_config.py`` reads a config (the ``sampling`` section, into a ``SamplerChoice``: the sampler, its levels and the
 chain start in the compute path's layout); models/ holds the networks, commands/ decides what to keep of a chain.  ``SAMPLERS`` (sampling/methods.py) names them:
 ``langevin`` (the paper's annealed Langevin), ``pc`` (score_sde's predictor-corrector), ``ode`` (the
-probability-flow ODE, torchdiffeq).  noise_rules.py: NCSNv2's rules for the noise levels and the step size
+probability-flow ODE, torchdiffeq), ``heun``, ``dpmpp_2m`` and ``euler_ancestral`` (EDM's and k-diffusion's samplers on
+a Karras schedule, with a budget of network evaluations; karras.py).  noise_rules.py: NCSNv2's rules for the noise levels and the step size
 (Techniques 1, 2, 4).
 """
 from sampling.langevin import anneal_langevin_dynamics, inpainting, unconditional

@@ -9,15 +9,18 @@ from dataclasses import dataclass
 from typing import Callable
 
 from compute.precision import to_layout
+from sampling.karras import KARRAS_METHODS, planned_run
 from sampling.langevin import anneal_langevin_dynamics
 from sampling.methods import SAMPLERS, initial_state
 from sampling.pc import pc_updates
 
-PROGRESS_NAMES = {"langevin": "annealed Langevin", "pc": "predictor-corrector", "ode": "probability-flow ODE"}
+PROGRESS_NAMES = {"langevin": "annealed Langevin", "pc": "predictor-corrector", "ode": "probability-flow ODE",
+                  "heun": "Heun (EDM)", "dpmpp_2m": "DPM-Solver++(2M)", "euler_ancestral": "Euler ancestral"}
 # what to change when the chains diverge: the setting of each sampler's step
 DIVERGENCE_HINTS = {"langevin": "a smaller sampling.step_lr may help",
                     "pc": "a smaller sampling.snr may help: the corrector's step comes from it",
-                    "ode": "smaller sampling.ode_rtol / sampling.ode_atol may help"}
+                    "ode": "smaller sampling.ode_rtol / sampling.ode_atol may help",
+                    **{m: "a larger sampling.nfe (more, smaller steps) may help" for m in KARRAS_METHODS}}
 
 
 @dataclass(frozen=True)
@@ -57,19 +60,25 @@ def sampler_from_config(config, sigmas, device, **overrides):
     if method == "langevin":
         kwargs = {"n_steps_each": smp.n_steps_each, "step_lr": smp.step_lr}
         total = n_levels * smp.n_steps_each
+        nfe = total + int(smp.denoise)
     elif method == "pc":
         kwargs = {"predictor": smp.predictor, "corrector": smp.corrector, "snr": smp.snr,
                   "n_steps_each": smp.n_steps_each}
-        total = pc_updates(n_levels, smp.predictor, smp.corrector, smp.n_steps_each)
+        total = nfe = pc_updates(n_levels, smp.predictor, smp.corrector, smp.n_steps_each)
+    elif method in KARRAS_METHODS:
+        kwargs = {"nfe": smp.nfe, **({"s_churn": smp.s_churn} if method == "heun" else {})}
+        total, nfe = planned_run(method, sigmas, smp.nfe, denoise=smp.denoise, s_churn=smp.s_churn)
     else:
         kwargs = {"method": smp.ode_method, "rtol": smp.ode_rtol, "atol": smp.ode_atol, "max_nfe": smp.ode_max_nfe}
         total = n_levels - 1 + int(smp.denoise)
+        nfe = None          # adaptive: the solver reports it per batch
     kwargs["denoise"] = smp.denoise
     name = {"langevin": "annealed_langevin"}.get(method, method)
     recorded = {f"ode_{k}" if method == "ode" and k != "denoise" else k: v for k, v in kwargs.items()}
     settings = {"method": name, **recorded}
     return SamplerChoice(sample=functools.partial(SAMPLERS[method], **kwargs), sigmas=sigmas, settings=settings,
-                         record={**settings, "sigmas": [float(v) for v in sigmas]}, total=total,
+                         record={**settings, **({} if nfe is None else {"nfe_per_sample": nfe}),
+                                 "sigmas": [float(v) for v in sigmas]}, total=total,
                          start=chain_start(config, method, device), name=PROGRESS_NAMES[method],
                          hint=DIVERGENCE_HINTS[method])
 

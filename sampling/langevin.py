@@ -65,20 +65,22 @@ def inpainting(sampler, mask, reference):
     """Wrap ``sampler`` (any sampler of the one signature) so that it completes ``reference`` where ``mask`` is 0.
 
     mask: 1 = observed, broadcastable to x; reference: like x.  As in the official procedure, the observed part is
-    replaced at every update by ``reference + sigma_i * z``, with z drawn once per noise level (when the level starts),
-    and by ``reference`` itself after a final denoising step.  Returns a sampler with the same signature.
+    replaced at every update by ``reference + sigma * z``, with z drawn once per noise level (when the sampler's
+    ``level`` changes; sigma is the state's noise level, so a sampler that raises the noise within a level, EDM's churn,
+    scales the same z), and by ``reference`` itself after a final denoising step.  Returns a sampler with the same
+    signature.
     """
     observed = mask.bool()
 
     def sample(score_fn, x, sigmas, **kwargs):
-        held = {"level": None, "value": None}
+        held = {"level": None, "z": None}
 
         def project(x, level, sigma):
             if level is None:
                 return torch.where(observed, reference, x)
             if held["level"] != level:
-                held["level"], held["value"] = level, reference + torch.randn_like(reference) * sigma
-            return torch.where(observed, held["value"], x)
+                held["level"], held["z"] = level, torch.randn_like(reference)
+            return torch.where(observed, reference + held["z"] * sigma, x)
         return sampler(score_fn, x, sigmas, project=project, **kwargs)
     return sample
 

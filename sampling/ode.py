@@ -35,30 +35,60 @@ class _TooManyEvaluations(Exception):
     """Raised by the drift when a solve exceeds its maximum number of evaluations (see :func:`solve`)."""
 
 
+# A sigma this close to a trained level (relative) is that level: one network evaluation, not two (the schedules'
+# end points are levels, and log/exp round trips move them by an ulp)
+LEVEL_SNAP = 1e-9
+
+
+def level_bracket(sigma_list):
+    """``bracket(sigma) -> (lo_level, hi_level, w)`` on descending levels ``sigma_list``: the indices of the two
+    levels around ``sigma`` (clamped to [sigma_L, sigma_1]) and its position w in log sigma between them (0 at the
+    lower sigma, 1 at the higher); ``(level, level, 0.0)`` where ``sigma`` is a level (log sigma within
+    LEVEL_SNAP of it)."""
+    n = len(sigma_list)
+    ascending = torch.tensor(sigma_list[::-1], dtype=torch.float64).log()
+
+    def bracket(sigma):
+        if n == 1:
+            return 0, 0, 0.0
+        t = min(max(math.log(float(sigma)), float(ascending[0])), float(ascending[-1]))
+        k = min(max(int(torch.searchsorted(ascending, torch.tensor(t, dtype=torch.float64))), 1), n - 1)
+        low, high = float(ascending[k - 1]), float(ascending[k])
+        lo_level, hi_level = n - k, n - 1 - k              # their indices in the descending sigmas
+        if t - low <= LEVEL_SNAP:
+            return lo_level, lo_level, 0.0
+        if high - t <= LEVEL_SNAP:
+            return hi_level, hi_level, 0.0
+        return lo_level, hi_level, (t - low) / (high - low)
+    return bracket
+
+
+def network_passes(sigma_list):
+    """``passes(sigma)``: the network evaluations per example of one :func:`interpolated_score` call at ``sigma``
+    (1 at a trained level, 2 between two)."""
+    bracket = level_bracket(sigma_list)
+    return lambda sigma: 1 if bracket(sigma)[0] == bracket(sigma)[1] else 2
+
+
 def interpolated_score(score_fn, sigmas):
     """``score_fn(x, labels)`` on descending levels ``sigmas`` -> ``score_at(x, sigma)`` for any sigma in
     [sigma_L, sigma_1] (a float or 0-d tensor; clamped to that range), by linear interpolation of ``sigma * s`` in log
-    sigma between the two neighbouring levels (see the module docstring)."""
+    sigma between the two neighbouring levels (see the module docstring); at a level, that level's score (one
+    network evaluation on B examples; :func:`network_passes` counts them)."""
     sigma_list = host_sigmas(sigmas)
-    ascending = torch.tensor(sigma_list[::-1], dtype=torch.float64).log()
-    n = len(sigma_list)
+    bracket = level_bracket(sigma_list)
+    log_sigmas = torch.tensor(sigma_list, dtype=torch.float64).log().tolist()
 
     def score_at(x, sigma):
         sigma = float(sigma)
         batch = x.shape[0]
-        if n == 1:
-            return score_fn(x, torch.zeros(batch, dtype=torch.long, device=x.device))
-        t = min(max(math.log(sigma), float(ascending[0])), float(ascending[-1]))
-        k = min(max(int(torch.searchsorted(ascending, torch.tensor(t, dtype=torch.float64))), 1), n - 1)
-        low, high = float(ascending[k - 1]), float(ascending[k])
-        w = (t - low) / (high - low)                       # 0 at the lower sigma, 1 at the higher
-        lo_level, hi_level = n - k, n - 1 - k              # their indices in the descending sigmas
-        if w <= 0 or w >= 1:
-            level = lo_level if w <= 0 else hi_level
-            return score_fn(x, torch.full((batch,), level, dtype=torch.long, device=x.device))
+        lo_level, hi_level, w = bracket(sigma)
+        if lo_level == hi_level:
+            return score_fn(x, torch.full((batch,), lo_level, dtype=torch.long, device=x.device))
         labels = torch.tensor([lo_level, hi_level], device=x.device).repeat_interleave(batch)
         both = score_fn(torch.cat([x, x]), labels)
-        scaled = (1 - w) * math.exp(low) * both[:batch] + w * math.exp(high) * both[batch:]
+        scaled = ((1 - w) * math.exp(log_sigmas[lo_level]) * both[:batch]
+                  + w * math.exp(log_sigmas[hi_level]) * both[batch:])
         return scaled / sigma
     return score_at
 

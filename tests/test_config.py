@@ -302,7 +302,7 @@ def test_excerpt_is_repr_when_short_and_bounded_otherwise():
         text = excerpt(value)
         assert len(text) == 60 + 6 + len(size) and text.endswith(f"... ({size})"), text
     assert excerpt(-3 ** 10 ** 6) == "<-int of about 477122 digits>"           # too long even to count exactly
-    assert time.perf_counter() - start < 0.5
+    assert time.perf_counter() - start < 5          # bounded work: the bomb has 2**40 leaves, the number 10**6 digits
     assert excerpt("x" * 100, limit=10) == "'xxxxxxxxx... (100 characters)"
 
 

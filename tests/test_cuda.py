@@ -55,6 +55,9 @@ def test_training_and_resume_on_the_gpu(cuda, tmp_path):
     {"method": "ode"},
     {"method": "langevin", "inpainting": True},
     {"method": "langevin", "inpainting": True, "inpainting_mask": "random_pixels"},
+    {"method": "heun", "nfe": 20, "s_churn": 1.0},
+    {"method": "dpmpp_2m", "nfe": 20, "denoise": True},
+    {"method": "euler_ancestral", "nfe": 20, "inpainting": True},
 ])
 def test_every_sampler_on_the_gpu(cuda, tmp_path, sampling):
     train(tmp_path, "s", training={"n_iters": 2})

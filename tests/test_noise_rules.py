@@ -203,18 +203,22 @@ def test_the_command_on_mnist_subset(shared, tmp_path, capsys):
     assert yaml.safe_load(out[out.index("model:"):])["sampling"]["n_steps_each"] == 100
 
 
+V2_ALL = {"model": ["sigma_begin", "num_classes", "scale_by_sigma"], "sampling": ["step_lr", "denoise"]}
 V2 = {"digits_v2_t1.yml": {"model": ["sigma_begin"]}, "digits_v2_t2.yml": {"model": ["num_classes"]},
       "digits_v2_t3.yml": {"model": ["scale_by_sigma"]}, "digits_v2_t4.yml": {"sampling": ["step_lr"]},
       "digits_v2_all.yml": {"model": ["sigma_begin", "num_classes", "scale_by_sigma"],
                             "sampling": ["step_lr", "denoise"]}}
 
 
-@pytest.mark.parametrize("name", sorted(V2))
-def test_v2_configs_differ_from_digits_only_by_their_techniques(name):
-    base, cfg = load_config(CONFIG_DIR / "digits.yml"), load_config(CONFIG_DIR / name)
+@pytest.mark.parametrize("name", sorted(V2) + ["mnist_small_v2.yml"])
+def test_v2_configs_differ_from_their_base_only_by_their_techniques(name):
+    """Each NCSNv2 config is its base (digits.yml; mnist_small.yml for mnist_small_v2.yml, the same training budget)
+    with only its techniques' keys changed."""
+    base_name = "mnist_small.yml" if name.startswith("mnist") else "digits.yml"
+    base, cfg = load_config(CONFIG_DIR / base_name), load_config(CONFIG_DIR / name)
     changed = {s: sorted(k for k in vars(getattr(cfg, s)) if getattr(getattr(cfg, s), k) !=
                          getattr(getattr(base, s), k)) for s in vars(cfg)}
-    assert {s: k for s, k in changed.items() if k} == {s: sorted(k) for s, k in V2[name].items()}
+    assert {s: k for s, k in changed.items() if k} == {s: sorted(k) for s, k in V2.get(name, V2_ALL).items()}
 
 
 @pytest.mark.parametrize("argv, message", [

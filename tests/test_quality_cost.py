@@ -70,3 +70,38 @@ def test_refuses_a_missing_run(tmp_path):
     res = subprocess.run([sys.executable, str(REPO / "benchmarks" / "quality_cost.py"), "--doc", "nothing"],
                          cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert res.returncode != 0 and "no trained run" in res.stderr and "Traceback" not in res.stderr
+
+
+def test_the_nfe_grid_counts_each_budget_and_replots(toy_study, tmp_path):
+    """--nfe-grid with two seeds on the toy run: the Karras samplers at each budget cost exactly what their plan
+    says (never more than the budget), Langevin and PC at the T that fits the 6 levels; --from-json replots."""
+    from sampling.karras import planned_run
+    folder, _, _ = toy_study
+    out = tmp_path / "grid.json"
+    res = subprocess.run([sys.executable, str(REPO / "benchmarks" / "quality_cost.py"), "--doc", "toy", "--n", "200",
+                          "--nfe-grid", "--methods", "heun,dpmpp_2m,langevin", "--seeds", "2", "--json", str(out)],
+                         cwd=folder, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-2000:]
+    grid = json.loads(out.read_text())
+    assert grid["nfe_grid"] and grid["seeds"] == [1234, 1235] and grid["levels"] == len(grid["sigmas"]) == LEVELS
+    rows = grid["rows"]
+    langevin = sorted({r["nfe"] for r in rows if r["family"] == "langevin" and not r["denoise"]})
+    assert langevin == [LEVELS * 166]                       # the largest T (budget // 6) also without denoising
+    with_denoising = [LEVELS * t + 1 for t in (1, 3, 5, 8, 16, 33, 166)]    # T = budget // 6, one step more
+    assert sorted({r["nfe"] for r in rows if r["family"] == "langevin"}) == sorted(with_denoising + langevin)
+    sigmas = grid["sigmas"]
+    for r in rows:
+        if r["family"] in ("heun", "dpmpp_2m"):
+            budget = int(r["sampler"].rsplit(" ", 1)[1])
+            assert r["nfe"] == planned_run(r["family"], sigmas, budget, denoise=r["denoise"])[1] <= budget
+    combinations = {(r["sampler"], r["weights"], r["denoise"]) for r in rows}     # the toy: learned and exact
+    assert {r["seed"] for r in rows} == {1234, 1235} and len(rows) == 2 * len(combinations)
+    table = [line for line in res.stdout.splitlines() if line.startswith("| ")]
+    assert len(table) == 1 + len(combinations)                               # the head, one line per combination
+    res = subprocess.run([sys.executable, str(REPO / "benchmarks" / "quality_cost.py"), "--from-json", str(out),
+                          "--plot", str(tmp_path / "grid.png")], cwd=folder, capture_output=True, text=True,
+                         timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    with Image.open(tmp_path / "grid.png") as im:
+        assert im.format == "PNG" and im.width > 500
+

@@ -79,3 +79,19 @@ def test_nonfinite_ema_weights_are_named(runs, tmp_path, capsys):
     torch.save(state, path)
     rc, err = run_study(capsys, "--doc", "a", "--run", copy)
     assert rc == 1 and len(err) == 1 and f"its EMA weights hold non-finite values ({key}" in err[0], err
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--nfe-grid", "--methods", "heun,bogus"], "argument --methods: unknown sampler bogus; choose from langevin"),
+    (["--methods", "heun"], "--methods selects samplers of --nfe-grid"),
+    (["--seeds", "0"], "argument --seeds: must be at least 1, got 0")])
+def test_bad_grid_flags_are_refused_before_any_work(runs, capsys, argv, message):
+    rc, err = run_study(capsys, "--doc", "a", "--run", runs, *argv)
+    assert rc == 2 and err[-1].startswith("quality_cost.py: error: ") and message in err[-1], err
+
+
+def test_replotting_a_json_that_is_not_a_grid_is_one_line(tmp_path, capsys):
+    path = tmp_path / "q.json"
+    path.write_text('{"rows": []}')
+    rc, err = run_study(capsys, "--from-json", path)
+    assert rc == 1 and err == [f"error: --from-json {path}: not the JSON of a --nfe-grid study"]
