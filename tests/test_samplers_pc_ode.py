@@ -127,9 +127,10 @@ def test_interpolated_score_between_levels():
     torch.testing.assert_close(at(x, 100.0) * 4.0, torch.full((3, 2), 1.0, dtype=torch.float64))   # clamped
 
 
-@pytest.mark.parametrize("name", ["pc", "ode"])
+@pytest.mark.parametrize("name, kwargs", [("pc", {}), ("ode", {}), ("heun", {"s_churn": 5.0}), ("dpmpp_2m", {}),
+                                          ("euler_ancestral", {})])
 @pytest.mark.parametrize("denoise", [False, True])
-def test_inpainting_with_new_samplers(name, denoise):
+def test_inpainting_with_new_samplers(name, kwargs, denoise):
     """inpainting() unchanged: observed pixels are the reference (+ sigma_L noise without the final denoise)."""
     torch.manual_seed(4)
     ref = torch.rand(4, 1, 4, 4)
@@ -137,7 +138,7 @@ def test_inpainting_with_new_samplers(name, denoise):
     mask[..., :2] = 1
     sigmas = geometric_sigmas(1.0, 0.01, 4, dtype=torch.float64)
     out = inpainting(SAMPLERS[name], mask, ref)(lambda x, lab: -(x - 0.5), 0.5 + torch.randn(4, 1, 4, 4), sigmas,
-                                                denoise=denoise)
+                                                denoise=denoise, **kwargs)
     if denoise:
         assert torch.equal(out[..., :2], ref[..., :2])
     else:
