@@ -15,7 +15,7 @@ from typing import Optional
 
 from configs.checks import check_int_ranges, choice, non_negative, positive
 from errors import ConfigError, excerpt
-from sampling.karras import KARRAS_METHODS, fewest_evaluations, nfe_too_small
+from sampling.karras import setting_error
 from sampling.masks import MASK_KINDS
 from sampling.methods import SAMPLERS
 from sampling.ode import DEFAULT_MAX_NFE, ODE_METHODS
@@ -147,8 +147,7 @@ class Sampling:
     inpainting_mask: str = "left_half"  # official: the left half observed; or top_half, centre_box, random_pixels
     inpainting_fraction: float = 0.5   # the hidden share for centre_box and random_pixels (sampling/masks.py)
     amp: str = "auto"                  # autocast of the network while sampling (--test, --eval, previews); as training.amp
-    method: str = "langevin"           # 'langevin' (the paper), 'pc' (score_sde predictor-corrector), 'ode',
-                                       # 'heun', 'dpmpp_2m', 'euler_ancestral' (a Karras schedule, sampling/karras.py)
+    method: str = "langevin"           # 'langevin' (paper), 'pc', 'ode', 'heun', 'dpmpp_2m', 'euler_ancestral'
     predictor: str = "reverse_diffusion"   # pc: 'reverse_diffusion' or 'none'
     corrector: str = "langevin"        # pc: 'langevin' or 'none'; n_steps_each corrector steps per level
     snr: float = 0.16                  # pc: the corrector's signal-to-noise ratio (score_sde NCSN/VE CIFAR-10: 0.16)
@@ -173,12 +172,9 @@ class Sampling:
         if self.method == "pc" and self.predictor == "none" and self.corrector == "none":
             raise ConfigError("sampling.method pc with sampling.predictor and sampling.corrector both 'none' "
                               "does nothing; choose one")
-        if self.s_churn > 0 and self.method != "heun":
-            raise ConfigError(f"sampling.s_churn is EDM's churn of sampling.method heun; with method "
-                              f"{self.method} it would be ignored: leave it at 0", key="sampling.s_churn")
-        if self.method in KARRAS_METHODS and self.nfe < fewest_evaluations(self.method, self.denoise):
-            raise ConfigError(nfe_too_small(self.method, self.nfe, self.denoise,
-                                            fewest_evaluations(self.method, self.denoise)), key="sampling.nfe")
+        wrong = setting_error(self.method, self.nfe, self.denoise, self.s_churn)    # the Karras samplers' keys
+        if wrong:
+            raise ConfigError(wrong[1], key=wrong[0])
         choice(self.inpainting_mask, MASK_KINDS, "sampling.inpainting_mask")
         if not 0 < self.inpainting_fraction < 1:
             raise ConfigError(f"sampling.inpainting_fraction must be in (0, 1), got "

@@ -74,6 +74,17 @@ def fewest_evaluations(method, denoise=False):
     return (2 if method == "heun" else 1) + int(denoise)
 
 
+def setting_error(method, nfe, denoise, s_churn):
+    """``(key, message)`` for sampling settings these samplers cannot honour (``s_churn`` with a method other than
+    heun; an ``nfe`` below the method's fewest evaluations), else None: the config's check (configs/schema.py)."""
+    if s_churn > 0 and method != "heun":
+        return "sampling.s_churn", (f"sampling.s_churn is EDM's churn of sampling.method heun; with method {method} "
+                                    f"it would be ignored: leave it at 0")
+    if method in KARRAS_METHODS and nfe < fewest_evaluations(method, denoise):
+        return "sampling.nfe", nfe_too_small(method, nfe, denoise, fewest_evaluations(method, denoise))
+    return None
+
+
 def plan(method, sigmas, nfe, *, denoise=False, s_churn=0.0):
     """The longest schedule (a list of floats, see the module docstring) whose run of ``method`` costs at most
     ``nfe`` network evaluations per sample on the levels ``sigmas``; a UserError if even one step costs more."""
