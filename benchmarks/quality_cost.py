@@ -5,12 +5,13 @@ MMD to the data and the mode-weight error of paper Figure 3).
 
     python benchmarks/quality_cost.py --doc digits [--run run] [--n 100] [--json quality_cost.json]
                                       [--plot assets/quality_cost.png] [--nfe-grid] [--seeds 2] [--methods heun,...]
+                                      [--budgets 10,35,100]
     python benchmarks/quality_cost.py --from-json a.json b.json --plot both.png      # one figure of several runs
 
 ``--nfe-grid`` draws every sampler at budgets of about NFE_BUDGETS network evaluations per sample instead (annealed
 Langevin at the T that fits the model's L levels, PC, the ODE at two tolerances, the Karras-schedule samplers of
 sampling/karras.py at each budget; see nfe_grid), from the main (EMA) weights only; ``--seeds`` repeats each
-combination from that many seeds, ``--methods`` keeps some samplers.
+combination from that many seeds, ``--methods`` keeps some samplers and ``--budgets`` some budgets.
 
 Every combination draws ``--n`` samples from the same seed.  Images are scored exactly as ``--eval`` scores (the
 run's reference set and cached Inception statistics, evaluation.scores.image_scores), with the run's EMA and raw
@@ -57,20 +58,21 @@ COMBOS = [("langevin", "Langevin T=10", "langevin", {"n_steps_each": 10}, False,
 # --nfe-grid: the budgets of network evaluations per sample (the Karras samplers stop at 200: 1000 is the paper's
 # annealed Langevin, the cost to beat)
 NFE_BUDGETS = (10, 20, 35, 50, 100, 200, 1000)
-KARRAS_BUDGETS = (10, 20, 35, 50, 100, 200)
+KARRAS_MAX_BUDGET = 200
 GRID_PLAIN_BUDGETS = (35, 100)
 KARRAS_LABELS = {"heun": "Heun (EDM)", "dpmpp_2m": "DPM-Solver++(2M)", "euler_ancestral": "Euler ancestral"}
 
 
-def nfe_grid(n_levels, methods=None):
+def nfe_grid(n_levels, methods=None, budgets=NFE_BUDGETS):
     """The combinations of ``--nfe-grid`` for a model of ``n_levels`` levels (as COMBOS, main weights), restricted
-    to ``methods`` (sampling.method names) when given.  Each row costs an FID (about 20 s on a 2-core CPU), so the
-    grid is what answers the question: the Karras samplers at each of KARRAS_BUDGETS with the final denoising step
+    to ``methods`` (sampling.method names) and to ``budgets`` (``--budgets``).  Each row costs an FID (about 20 s on
+    a 2-core CPU), so the grid is what answers the question: the Karras samplers at each budget up to
+    KARRAS_MAX_BUDGET with the final denoising step
     (their natural end, sigma = 0) and at GRID_PLAIN_BUDGETS without it; annealed Langevin at T = budget // L steps
     per level with the denoising step, its largest T also without (the paper's sampler); PC with 1 and 4 corrector
     steps per level; the ODE at tolerance 1e-2 and 1e-3 (the latter also without denoising)."""
     grid = []
-    steps = sorted({b // n_levels for b in NFE_BUDGETS if b // n_levels >= 1})
+    steps = sorted({b // n_levels for b in budgets if b // n_levels >= 1})
     for T in steps:
         for denoise in (True, False) if T == steps[-1] else (True,):
             grid.append(("langevin", f"Langevin T={T}", "langevin", {"n_steps_each": T}, denoise))
@@ -82,7 +84,7 @@ def nfe_grid(n_levels, methods=None):
             grid.append(("ode", f"ODE (dopri5, tol {tol:g})", "ode", {**ODE, "ode_rtol": tol, "ode_atol": tol},
                          denoise))
     for method, label in KARRAS_LABELS.items():
-        for b in KARRAS_BUDGETS:
+        for b in (b for b in budgets if b <= KARRAS_MAX_BUDGET):
             for denoise in (True, False) if b in GRID_PLAIN_BUDGETS else (True,):
                 grid.append((method, f"{label}, NFE {b}", method, {"nfe": b}, denoise))
     return [(family, label, method, keys, denoise, "main") for family, label, method, keys, denoise in grid
@@ -253,12 +255,14 @@ def main(argv=None):
     p.add_argument("--nfe-grid", action="store_true", help="every sampler at budgets of NFE (see above)")
     p.add_argument("--seeds", type=whole_number(1), default=1, help="sample seeds per combination (--seed, --seed+1, ...)")
     p.add_argument("--methods", type=method_list, default=None, help="with --nfe-grid: only these samplers")
+    p.add_argument("--budgets", type=budget_list, default=None,
+                   help="with --nfe-grid: only these NFE budgets (default " + ",".join(map(str, NFE_BUDGETS)) + ")")
     p.add_argument("--from-json", nargs="+", default=None, help="replot --nfe-grid JSONs (with --plot); no sampling")
     args = p.parse_args(argv)
     if args.doc is None and args.from_json is None:
         p.error("the following arguments are required: --doc (or --from-json)")
-    if args.methods and not args.nfe_grid:
-        p.error("--methods selects samplers of --nfe-grid")
+    if (args.methods or args.budgets) and not args.nfe_grid:
+        p.error("--methods and --budgets select rows of --nfe-grid")
     try:
         replot(args) if args.from_json else study(args)
     except UserError as e:
@@ -272,7 +276,7 @@ def study(args):
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     problem = load_problem(args.run, args.doc, device)
     n = problem.default_n if args.n is None else args.n
-    combos = nfe_grid(len(problem.sigmas), args.methods) if args.nfe_grid else COMBOS
+    combos = nfe_grid(len(problem.sigmas), args.methods, args.budgets or NFE_BUDGETS) if args.nfe_grid else COMBOS
     seeds = [args.seed + k for k in range(args.seeds)]
     rows = []
     with problem.threads():
@@ -307,6 +311,17 @@ def method_list(text):
         named = ", ".join(unknown) if unknown else repr(text)
         raise argparse.ArgumentTypeError(f"unknown sampler {named}; choose from {', '.join(SAMPLERS)}")
     return names
+
+
+def budget_list(text):
+    """--budgets: comma-separated whole numbers of network evaluations per sample, at least 1 each."""
+    try:
+        budgets = sorted({int(b) for b in text.split(",") if b})
+    except ValueError:
+        budgets = []
+    if not budgets or budgets[0] < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of whole numbers >= 1 (e.g. 10,35,100)")
+    return tuple(budgets)
 
 
 def replot(args):

@@ -83,7 +83,10 @@ def test_nonfinite_ema_weights_are_named(runs, tmp_path, capsys):
 
 @pytest.mark.parametrize("argv, message", [
     (["--nfe-grid", "--methods", "heun,bogus"], "argument --methods: unknown sampler bogus; choose from langevin"),
-    (["--methods", "heun"], "--methods selects samplers of --nfe-grid"),
+    (["--methods", "heun"], "--methods and --budgets select rows of --nfe-grid"),
+    (["--budgets", "35"], "--methods and --budgets select rows of --nfe-grid"),
+    (["--nfe-grid", "--budgets", "10,x"], "argument --budgets: '10,x' is not a comma-separated list of whole"),
+    (["--nfe-grid", "--budgets", "0,35"], "argument --budgets: '0,35' is not a comma-separated list of whole"),
     (["--seeds", "0"], "argument --seeds: must be at least 1, got 0")])
 def test_bad_grid_flags_are_refused_before_any_work(runs, capsys, argv, message):
     rc, err = run_study(capsys, "--doc", "a", "--run", runs, *argv)
@@ -95,3 +98,18 @@ def test_replotting_a_json_that_is_not_a_grid_is_one_line(tmp_path, capsys):
     path.write_text('{"rows": []}')
     rc, err = run_study(capsys, "--from-json", path)
     assert rc == 1 and err == [f"error: --from-json {path}: not the JSON of a --nfe-grid study"]
+
+
+def test_budgets_select_the_grid_rows():
+    """--budgets keeps the Karras samplers at the given budgets up to 200 (plain rows only at 35 and 100) and annealed
+    Langevin at T = budget // L; the default grid is the budgets 10 ... 1000."""
+    def budgets_of(grid, method):
+        return sorted({(int(keys["nfe"]), denoise) for _, _, m, keys, denoise, _ in grid if m == method})
+    grid = quality_cost.nfe_grid(10, ["heun", "langevin"], (10, 100, 1000))
+    assert budgets_of(grid, "heun") == [(10, True), (100, False), (100, True)]
+    assert sorted({(keys["n_steps_each"], d) for _, _, m, keys, d, _ in grid if m == "langevin"}) == [
+        (1, True), (10, True), (100, False), (100, True)]
+    full = quality_cost.nfe_grid(10, ["heun"])
+    assert budgets_of(full, "heun") == [(10, True), (20, True), (35, False), (35, True), (50, True), (100, False),
+                                        (100, True), (200, True)]
+    assert quality_cost.budget_list("100,10,10") == (10, 100)
