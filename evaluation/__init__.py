@@ -14,13 +14,8 @@ Errors a user can cause (a missing weights file, a sample file of the wrong shap
 ``errors.UserError`` with one line; nothing is written half-way (cache files are written to a temporary name and
 renamed).
 """
-from evaluation.features import (
-    FeatureExtractor,
-    InceptionExtractor,
-    images_to_nchw,
-    inception_features,
-    tf1_bilinear_resize,
-)
+from evaluation.features import FeatureExtractor, images_to_nchw, tf1_bilinear_resize
+from evaluation.inception import InceptionExtractor, inception_features
 from evaluation.metrics import (
     feature_statistics,
     frechet_distance,

