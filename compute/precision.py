@@ -4,7 +4,7 @@ which finds the bare network inside any wrapper so that checkpoints always carry
 
 None of these options changes the maths: they change floating-point rounding only (tests/test_speed.py bounds how
 much).  The faithful reference path is ``amp: none`` with ``compute: {channels_last: false, fused_norm: false,
-compile: false}``: the official order of operations in float32, eager, NCHW.
+fast_elu: false, pool_as_conv: false, compile: false}``: the official order of operations in float32, eager, NCHW.
 """
 import logging
 import os
@@ -16,7 +16,8 @@ import torch
 
 from errors import UserError
 
-FAITHFUL = {"channels_last": False, "fused_norm": False, "compile": False, "compile_mode": "default"}
+FAITHFUL = {"channels_last": False, "fused_norm": False, "fast_elu": False, "pool_as_conv": False,
+            "compile": False, "compile_mode": "default"}
 
 
 NATIVE_BF16_CAPABILITY = (8, 0)      # Ampere and later: bf16 tensor cores; Volta (7.0) and Turing (7.5) emulate bf16
@@ -65,13 +66,18 @@ def memory_format(compute):
 
 def prepare_model(model, compute, training=False):
     """Apply ``compute``'s layout and kernels to a bare network on its device, in place (before any wrapper):
-    channels-last weights and the fused InstanceNorm++ (every module with a ``fused`` switch; it acts where no
-    gradient is taken).  A network for training on a CPU stays NCHW whatever ``compute.channels_last`` says: measured
-    there, channels-last made training steps slower (0.95x digits, 0.72x MNIST; docs/speed.md).  State-dict keys are
+    channels-last weights, the fused InstanceNorm++ (every module with a ``fused`` switch; it acts where no
+    gradient is taken), the ELU from ``exp`` (``fast``) and the CRP pool as a depthwise convolution (``as_conv``).
+    A network for training on a CPU stays NCHW whatever ``compute.channels_last`` says: measured there,
+    channels-last made training steps slower (0.95x digits, 0.72x MNIST; docs/speed.md).  State-dict keys are
     unchanged."""
     for module in model.modules():
         if hasattr(module, "fused"):
             module.fused = compute.fused_norm
+        if hasattr(module, "fast"):
+            module.fast = compute.fast_elu
+        if hasattr(module, "as_conv"):
+            module.as_conv = compute.pool_as_conv
     on_cpu = next(model.parameters(), torch.empty(0)).device.type == "cpu"
     if training and on_cpu:
         return model

@@ -266,6 +266,8 @@ class Compute:
     #                                    network stays NCHW: measured faster there; compute/precision.py)
     fused_norm: bool = True            # InstanceNorm++ as one affine pass where no gradient is taken (sampling, test
     #                                    losses; models/normalization.py)
+    fast_elu: bool = True              # ELU's negative part from exp, not torch's slower expm1 kernel (models/layers.py)
+    pool_as_conv: bool = True          # the CRP's 5x5 average pool as a depthwise convolution of ones (models/layers.py)
     compile: bool = False              # torch.compile the network (the first run compiles for minutes on a CPU;
     #                                    cached); refused for training with training.algo ssm (check_training)
     compile_mode: str = "default"      # torch.compile's mode; 'reduce-overhead' captures CUDA graphs on CUDA

@@ -13,8 +13,63 @@ states load.  RefineNet blocks follow Lin et al. 2017 (RCU, MSF, CRP), with the 
 """
 from functools import partial
 
+import torch
 import torch.nn.functional as F
 from torch import nn
+
+from models.normalization import statistics_dtype
+
+
+class _ELUFromExp(torch.autograd.Function):
+    """ELU(x) = relu(x) + exp(min(x, 0)) - 1, with ELU's own backward (from the result; differentiable again, for
+    sliced score matching's double backward)."""
+
+    @staticmethod
+    def forward(ctx, x):
+        negative = torch.clamp(x, max=0).to(statistics_dtype(x)).exp_().sub_(1)   # float32 for half x
+        result = negative.to(x.dtype).add_(torch.relu(x))                         # one of the two is 0: exact
+        ctx.save_for_backward(result)
+        return result
+
+    @staticmethod
+    def backward(ctx, grad):
+        (result,) = ctx.saved_tensors
+        return torch.ops.aten.elu_backward(grad, 1.0, 1, 1, True, result)
+
+
+class ELU(nn.Module):
+    """ELU with alpha = 1 (``nn.ELU()``'s maths; no parameters, nothing in the state dict).  ``fast`` is a speed
+    option (``compute.fast_elu``, set by compute/precision.py ``prepare_model``): the negative part from ``exp``
+    instead of torch's ``expm1`` kernel, which on CPUs is many times slower than ``exp`` (docs/speed.md).  The two
+    differ by floating-point rounding only (tests/test_speed.py); for half-precision x the exponential is taken in
+    float32 and rounded once."""
+
+    def __init__(self):
+        super().__init__()
+        self.fast = False
+
+    def forward(self, x):
+        return _ELUFromExp.apply(x) if self.fast else F.elu(x)
+
+
+class AvgPool5(nn.Module):
+    """The CRP pool: 5x5 average, stride 1, zero padding 2 counted in the average (``nn.AvgPool2d(5, 1, 2)``; no
+    parameters, nothing in the state dict).  ``as_conv`` is a speed option (``compute.pool_as_conv``, set by
+    compute/precision.py ``prepare_model``): the same sum of 25 neighbours as a depthwise convolution with a kernel
+    of ones (exact in every dtype), divided by 25; on CPUs torch's average-pool kernels, and their backward, are many
+    times slower than oneDNN's depthwise convolution (docs/speed.md).  The two differ by floating-point rounding
+    only (tests/test_speed.py)."""
+
+    def __init__(self):
+        super().__init__()
+        self.as_conv = False
+
+    def forward(self, x):
+        if not self.as_conv:
+            return F.avg_pool2d(x, kernel_size=5, stride=1, padding=2)
+        channels = x.shape[1]
+        ones = torch.ones(channels, 1, 5, 5, dtype=x.dtype, device=x.device)
+        return F.conv2d(x, ones, padding=2, groups=channels).div_(25)   # a fresh conv output: in place is safe
 
 
 def apply_norm(norm, x, y):
@@ -133,7 +188,7 @@ class CRPBlock(nn.Module):
         self.act = act
         self.convs = nn.ModuleList([conv3x3(features, features, bias=False) for _ in range(n_stages)])
         self.norms = nn.ModuleList([norm(features) for _ in range(n_stages)])
-        self.maxpool = nn.AvgPool2d(kernel_size=5, stride=1, padding=2)
+        self.maxpool = AvgPool5()
 
     def forward(self, x, y=None):
         x = self.act(x)

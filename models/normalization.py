@@ -72,19 +72,30 @@ def _instance_norm_plus(x, gamma, alpha, beta):
     return h
 
 
+def spatial_mean_and_variance(x):
+    """The per-(example, channel) mean and biased variance over (H, W) of x (B, F, H, W), each (B, F) in
+    ``statistics_dtype(x)``.  Float32 / float64 x: the mean, then the variance about it (two passes, no
+    cancellation).  Half-precision x: one float32 copy, whose mean and mean square give the variance as
+    E[x^2] - mu^2, two full-size passes fewer; its cancellation in float32 (relative error ~2^-24 mu^2 / var) stays far
+    below the rounding that x's own 8- or 11-bit mantissa carries (~2^-9 mu^2 / var for bfloat16;
+    tests/test_speed.py)."""
+    if x.dtype in (torch.float16, torch.bfloat16):
+        xs = x.float()
+        mu = xs.mean(dim=(2, 3))
+        return mu, (xs.square_().mean(dim=(2, 3)) - mu.square()).clamp(min=0)
+    mu = x.mean(dim=(2, 3), keepdim=True)
+    return mu[..., 0, 0], (x - mu).square().mean(dim=(2, 3))
+
+
 def _instance_norm_plus_fused(x, gamma, alpha, beta):
     """The same formula as one affine map per (example, channel): z = x * scale + shift with
     scale = gamma / s_k and shift = gamma * alpha * (mu_k - m) / sqrt(v + eps) + beta - mu_k * scale.
 
-    Two plain reductions (the means, then the biased variance about them: two passes, no cancellation) and one
-    fused multiply-add over the tensor, instead of instance_norm's statistics plus three full-size passes; the
-    result equals the reference up to floating-point rounding (tests/test_speed.py).  The statistics and the (B, F)
-    factors are computed in ``statistics_dtype(x)`` (for half-precision x the deviations are squared in float32), and
-    scale and shift are cast to x's dtype for the full-size multiply-add: the output has x's dtype and layout."""
-    xs = x.to(statistics_dtype(x))                                 # x itself for float32 / float64
-    mu = xs.mean(dim=(2, 3), keepdim=True)                         # (B, F, 1, 1)
-    var = (xs - mu).square().mean(dim=(2, 3))                      # (B, F), biased
-    mu = mu[..., 0, 0]                                             # (B, F)
+    The statistics (:func:`spatial_mean_and_variance`) and one fused multiply-add over the tensor, instead of
+    instance_norm's statistics plus three full-size passes; the result equals the reference up to floating-point
+    rounding (tests/test_speed.py).  The (B, F) factors are computed in ``statistics_dtype(x)`` and scale and shift
+    are cast to x's dtype for the full-size multiply-add: the output has x's dtype and layout."""
+    mu, var = spatial_mean_and_variance(x)                         # (B, F) each
     m = mu.mean(dim=1, keepdim=True)                               # (B, 1)
     v = mu.var(dim=1, keepdim=True)                                # (B, 1), unbiased (as official)
     scale = gamma * torch.rsqrt(var + EPS)                         # (B, F)

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from errors import ArgumentError
-from models.layers import RefineBlock, ResidualBlock, apply_norm
+from models.layers import ELU, RefineBlock, ResidualBlock, apply_norm
 from models.normalization import ConditionalInstanceNorm2dPlus, InstanceNorm2dPlus
 
 
@@ -48,7 +48,7 @@ class _RefineNetDilated(nn.Module):
         self.image_size = image_size
         self.ngf = ngf
         self.logit_transform = logit_transform
-        self.act = act = nn.ELU()  # one instance shared by every block
+        self.act = act = ELU()  # one instance shared by every block
 
         self.begin_conv = nn.Conv2d(channels, ngf, kernel_size=3, stride=1, padding=1)
         self.normalizer = norm(ngf)
