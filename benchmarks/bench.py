@@ -195,6 +195,8 @@ def variants(device, compile_too):
         out.append(("fp32 + TF32 (convolutions and matmuls), defaults", {}, "none", True))
     if native_bf16(device):
         out.append(("bf16 autocast + defaults", {}, "bf16", default_tf32))
+        if device.type == "cpu":     # 'auto' is bf16 here: the float32 fast path measured on its own
+            out.append(("fp32 + defaults (no autocast)", {}, "none", default_tf32))
     if compile_too:
         out.append(("torch.compile + defaults", {"compile": True}, "auto", default_tf32))
         if device.type == "cuda":
