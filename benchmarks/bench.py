@@ -184,10 +184,14 @@ def summary(times, n_images, flops, peak_gflops, mem):
             "peak_fraction": flops / med / 1e9 / peak_gflops if flops else None, "peak_mib": mem}
 
 
-def variants(device, compile_too):
+SPEED_OPTIONS = ("channels_last", "fused_norm", "fast_elu", "pool_as_conv")   # the compute switches --ablate turns off
+
+
+def variants(device, compile_too, ablate=False):
     """(label, compute overrides, amp, tf32) of every path measured; the first is the faithful reference (true
     float32: TF32 off).  The others run with TF32 as torch's defaults leave it on CUDA (convolutions on, matrix
-    products off), except the explicit TF32 row."""
+    products off), except the explicit TF32 row.  ``ablate``: also the shipped defaults with each speed option of
+    SPEED_OPTIONS off in turn, so that what each one buys is measured side by side."""
     default_tf32 = TORCH_DEFAULT_TF32
     out = [("faithful fp32 (official ops, NCHW, eager)", FAITHFUL, "none", False),
            ("shipped defaults", {}, "auto", default_tf32)]
@@ -202,6 +206,8 @@ def variants(device, compile_too):
         if device.type == "cuda":
             out.append(("torch.compile CUDA graphs + defaults",
                         {"compile": True, "compile_mode": "reduce-overhead"}, "auto", default_tf32))
+    if ablate:
+        out += [(f"shipped defaults without {key}", {key: False}, "auto", default_tf32) for key in SPEED_OPTIONS]
     return out
 
 
@@ -223,7 +229,7 @@ def bench_setting(name, device, args, peaks):
     ref_cfg = setting_config(name, batch, FAITHFUL, "none")
     train_flops = count_flops(train_step_fn(ref_cfg, device))
     sample_flops = count_flops(sample_fn(ref_cfg, device, n_sample))
-    for label, compute, amp, tf32 in variants(device, args.compile):
+    for label, compute, amp, tf32 in variants(device, args.compile, args.ablate):
         set_tf32(device, tf32)
         cfg = setting_config(name, batch, compute, amp)
         resolved = resolve_amp(amp, device, size)
@@ -310,6 +316,8 @@ def main():
     p.add_argument("--reps", type=int, default=None, help="timed repetitions (default: 20 on CUDA, 5 on CPU)")
     p.add_argument("--compile", action="store_true", help="also measure torch.compile (compile time not counted)")
     p.add_argument("--quick", action="store_true", help="no full chain, no scaling runs")
+    p.add_argument("--ablate", action="store_true",
+                   help="also the shipped defaults with each compute speed option off in turn")
     p.add_argument("--sample-batch", type=int, default=None,
                    help="images per Langevin step (default: 36 digits, 25 MNIST, 8 CIFAR-10)")
     p.add_argument("--export", type=int, default=0, metavar="N",

@@ -10,6 +10,8 @@ the whole network.  The label convention is ``y=None``:
 Module attribute names, parameter shapes and registration order reproduce the official state dict (key names such as
 ``1_2_norm``, ``normalize1`` registered last, CRP pooling under ``maxpool``), so official checkpoints and optimizer
 states load.  RefineNet blocks follow Lin et al. 2017 (RCU, MSF, CRP), with the NCSN changes of Appendix A.1.
+``ELU`` and ``AvgPool5`` are the network's activation and CRP pool, each with a speed switch that changes rounding
+only (``compute.fast_elu``, ``compute.pool_as_conv``).
 """
 from functools import partial
 

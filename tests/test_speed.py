@@ -186,6 +186,11 @@ def test_benchmark_runs_and_reports_ratios_to_the_faithful_path(tmp_path, monkey
     peak = result["matmul_peak_gflops"]["fp32"]
     assert peak > 0 and all(0 < r["gflops"] < 10 * peak for r in rows)
     assert all(r["tf32"] == {"matmul": False, "conv": False} for r in result["rows"])      # a CPU has no TF32
+    # --ablate: one row per speed option, and every boolean compute switch but compile is one of them
+    labels = [label for label, *_ in bench.variants(torch.device("cpu"), False, ablate=True)]
+    assert [f"shipped defaults without {key}" for key in bench.SPEED_OPTIONS] == labels[-len(bench.SPEED_OPTIONS):]
+    switches = {f.name for f in dataclasses.fields(FAST) if f.type in (bool, "bool") and f.name != "compile"}
+    assert set(bench.SPEED_OPTIONS) == switches
 
 
 def test_benchmark_states_tf32_and_measures_each_row_against_its_own_peak(monkeypatch):
