@@ -351,7 +351,7 @@ def test_a_signal_stops_the_rendezvous_wait_with_the_usual_exit_code(tmp_path, s
         time.sleep(8)                                           # imports done, waiting for rank 0
         assert p.poll() is None, p.communicate()
         p.send_signal(signum)
-        _, err = p.communicate(timeout=20)
+        _, err = p.communicate(timeout=60)      # a hang would last the rendezvous timeout (minutes)
     finally:
         if p.poll() is None:
             p.kill()
