@@ -7,14 +7,15 @@
 
 For each config it measures a training step (annealed DSM + Adam) and an annealed Langevin step: milliseconds
 (median, min and max over the repetitions), images per second, achieved GFLOP/s (FLOPs counted by
-torch.utils.flop_counter) against the machine's measured matrix-multiply peak, and peak memory; a full annealed chain
-(10 levels x 100 steps) for the digits config and projected from the step time for the larger ones; and how the time
-grows with the batch size and with the number of levels and steps.  Ratios are to the faithful path (float32, eager,
-NCHW, the official order of operations), which is what the official code computes.
+torch.utils.flop_counter) against the machine's measured peak (the faster of a large matrix product and a large
+3x3 convolution), and peak memory; a full annealed chain (10 levels x 100 steps) for the digits config and projected
+from the step time for the larger ones; and how the time grows with the batch size and with the number of levels
+and steps.  Ratios are to the faithful path (float32, eager, NCHW, the official order of operations), which is what
+the official code computes.
 
 TF32 (CUDA, Ampere and newer): torch's defaults run float32 convolutions in TF32 but float32 matrix products in full
 float32.  The benchmark sets both switches explicitly for every row and records them (``tf32`` in the JSON): the
-faithful row is true float32 (TF32 off for both), the float32 matmul peak is measured with TF32 off, a TF32 row and
+faithful row is true float32 (TF32 off for both), the float32 peak is measured with TF32 off, a TF32 row and
 peak are added on CUDA, and each row's "% of peak" is against the peak of the arithmetic it runs (bf16, TF32 or
 float32).
 
@@ -126,15 +127,24 @@ def count_flops(fn):
     return counter.get_total_flops()
 
 
-def matmul_peak(device, dtype, sizes=(1024, 2048, 3072), reps=5):
-    """GFLOP/s of the fastest n x n matrix product of ``sizes`` (best run): the machine's practical peak for
-    ``dtype`` (convolutions run on the same units)."""
-    best = 0.0
+def arithmetic_peak(device, dtype, small=False, reps=5):
+    """GFLOP/s of the faster of the machine's two kernels for ``dtype``, each at its best run: an n x n matrix
+    product (BLAS) and a channels-last 3x3 convolution (the kernel library the network runs on).  Both are needed:
+    on AMD CPUs MKL's float32 product reaches less than half of what oneDNN's float32 convolutions do (Zen 5: about
+    195 against 460 GFLOP/s), so a product-only peak would put the network above 100 % of it.  ``small``: one
+    small size of each, for arithmetic a device only emulates (minutes at full size).  Returns ``(best, {kernel:
+    GFLOP/s})``."""
+    sizes, (batch, channels) = ((256,), (1, 64)) if small else ((1024, 2048, 3072), (4, 256))
+    rates = {"matmul": 0.0}
     for n in sizes:
         a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
         times, _ = timed(lambda a=a, b=b: a @ b, device, warmup=1, reps=reps)
-        best = max(best, 2 * n ** 3 / min(times) / 1e9)
-    return best
+        rates["matmul"] = max(rates["matmul"], 2 * n ** 3 / min(times) / 1e9)
+    x = torch.randn(batch, channels, 32, 32, device=device, dtype=dtype).contiguous(memory_format=torch.channels_last)
+    w = torch.randn(channels, channels, 3, 3, device=device, dtype=dtype).contiguous(memory_format=torch.channels_last)
+    times, _ = timed(lambda: torch.nn.functional.conv2d(x, w, padding=1), device, warmup=1, reps=reps)
+    rates["conv3x3"] = 2 * batch * channels ** 2 * 9 * 32 * 32 / min(times) / 1e9
+    return max(rates.values()), rates
 
 
 def setting_config(name, batch, compute, amp):
@@ -212,7 +222,7 @@ def variants(device, compile_too, ablate=False):
 
 
 def peak_for(peaks, amp, tf32):
-    """The matmul peak of the arithmetic a row runs: bf16, TF32 (CUDA convolutions with TF32 on) or float32."""
+    """The peak of the arithmetic a row runs: bf16, TF32 (CUDA convolutions with TF32 on) or float32."""
     if amp == "bf16":
         return peaks["bf16"]
     if amp == "fp16":
@@ -334,23 +344,24 @@ def main():
         if value is not None and value < 0 or (name == "--sample-batch" and value == 0):
             p.error(f"{name} must be a positive integer, got {value}")
     set_tf32(device, False)
-    peaks = {"fp32": matmul_peak(device, torch.float32)}
+    peaks, kernels = {}, {}
+    peaks["fp32"], kernels["fp32"] = arithmetic_peak(device, torch.float32)
     if device.type == "cuda":
         set_tf32(device, True)
-        peaks["tf32"] = matmul_peak(device, torch.float32)
+        peaks["tf32"], kernels["tf32"] = arithmetic_peak(device, torch.float32)
         set_tf32(device, False)
     native = native_bf16(device)            # without native bf16 a 2048^3 product takes minutes: measure a smaller one
-    peaks["bf16"] = matmul_peak(device, torch.bfloat16, sizes=(1024, 2048, 3072) if native else (256,),
-                                reps=5 if native else 2)
+    peaks["bf16"], kernels["bf16"] = arithmetic_peak(device, torch.bfloat16, small=not native, reps=5 if native else 2)
     dev = torch.cuda.get_device_name(device) if device.type == "cuda" else _cpu_name()
-    print(f"device: {dev}; torch {torch.__version__}; {torch.get_num_threads()} threads; matmul peak "
-          + ", ".join(f"{k} {v:.1f} GFLOP/s" for k, v in peaks.items()) + f"; native bf16: {native}; TF32: "
+    print(f"device: {dev}; torch {torch.__version__}; {torch.get_num_threads()} threads; peak "
+          + ", ".join(f"{k} {v:.1f} GFLOP/s (matmul {kernels[k]['matmul']:.0f}, conv {kernels[k]['conv3x3']:.0f})"
+                      for k, v in peaks.items()) + f"; native bf16: {native}; TF32: "
           + ("off in the faithful row, torch's default (convolutions only) elsewhere" if device.type == "cuda"
              else "none (CPU)"), flush=True)
     rows = [r for name in args.settings for r in bench_setting(name, device, args, peaks)]
     scale = [] if args.quick or "digits" not in args.settings else scaling(device, args)
     result = {"device": dev, "torch": torch.__version__, "threads": torch.get_num_threads(),
-              "native_bf16": native, "matmul_peak_gflops": peaks,
+              "native_bf16": native, "peak_gflops": peaks, "peak_kernels_gflops": kernels,
               "rows": rows, "scaling": scale}
     Path(args.json).write_text(json.dumps(result, indent=1))
     print("\n| setting | what | variant | ms (median [min-max]) | images/s | GFLOP/s (% of peak) | peak MiB | speed-up |")

@@ -170,7 +170,8 @@ def test_compiled_sampling_through_the_cli(tmp_path, write_config, monkeypatch):
 
 def test_benchmark_runs_and_reports_ratios_to_the_faithful_path(tmp_path, monkeypatch):
     """benchmarks/bench.py --quick on the digits config: the faithful row first (ratio 1), the defaults beside it,
-    FLOP rates below 10x the measured peak, and a JSON a reader can check."""
+    FLOP rates below the measured peak (the faster of a matrix product and a convolution; within timing noise), and
+    a JSON a reader can check."""
     import json
     import sys
     sys.path.insert(0, str(REPO / "benchmarks"))
@@ -183,8 +184,9 @@ def test_benchmark_runs_and_reports_ratios_to_the_faithful_path(tmp_path, monkey
     rows = [r for r in result["rows"] if r["what"].startswith("train step")]
     assert rows[0]["variant"].startswith("faithful") and rows[0]["speedup"] == 1.0
     assert any(r["variant"] == "shipped defaults" for r in rows)
-    peak = result["matmul_peak_gflops"]["fp32"]
-    assert peak > 0 and all(0 < r["gflops"] < 10 * peak for r in rows)
+    peak, kernels = result["peak_gflops"]["fp32"], result["peak_kernels_gflops"]["fp32"]
+    assert peak == max(kernels["matmul"], kernels["conv3x3"]) > 0
+    assert all(0 < r["gflops"] < 1.5 * peak for r in rows)
     assert all(r["tf32"] == {"matmul": False, "conv": False} for r in result["rows"])      # a CPU has no TF32
     # --ablate: one row per speed option, and every boolean compute switch but compile is one of them
     labels = [label for label, *_ in bench.variants(torch.device("cpu"), False, ablate=True)]
