@@ -264,10 +264,10 @@ class Compute:
     maths; they change floating-point rounding only (tests/test_speed.py bounds how much)."""
     channels_last: bool = True         # NHWC tensors for sampling and evaluation, and training on CUDA (a CPU training
     #                                    network stays NCHW: measured faster there; compute/precision.py)
-    fused_norm: bool = True            # InstanceNorm++ as one affine pass where no gradient is taken (sampling, test
-    #                                    losses; models/normalization.py)
+    fused_norm: bool = True            # InstanceNorm++ in fewer passes: one affine pass without gradients, folded into
+    #                                    instance_norm's kernel when training NCHW (models/normalization.py)
     fast_elu: bool = True              # ELU's negative part from exp, not torch's slower expm1 kernel (models/layers.py)
-    pool_as_conv: bool = True          # the CRP's 5x5 average pool as a depthwise convolution of ones (models/layers.py)
+    pool_as_conv: bool = True          # the average pools as depthwise convolutions of ones (models/layers.py)
     compile: bool = False              # torch.compile the network (the first run compiles for minutes on a CPU;
     #                                    cached); refused for training with training.algo ssm (check_training)
     compile_mode: str = "default"      # torch.compile's mode; 'reduce-overhead' captures CUDA graphs on CUDA

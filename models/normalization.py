@@ -17,8 +17,9 @@ statistics (means, variances, their inverse square roots; ``F.instance_norm``'s 
 themselves) are computed in float32, and only the small (B, F) factors
 are cast to x's dtype before they meet the full-size tensor: float16 squares overflow beyond |x - mu| ~ 256, and the
 float32 gamma, alpha, beta would otherwise promote every activation after the norm to float32.  A channels-last input
-is normalised with layout-preserving reductions instead of ``F.instance_norm`` (which copies to NCHW).  Float32 and
-float64 NCHW inputs take exactly the official operations.
+is normalised with layout-preserving reductions instead of ``F.instance_norm`` (which copies to NCHW).  Unfused
+(``compute.fused_norm: false``), float32 and float64 NCHW inputs take exactly the official operations; fused, the
+same formula in fewer full-size passes (:func:`instance_norm_plus`).
 """
 import torch
 import torch.nn.functional as F
@@ -105,14 +106,36 @@ def _instance_norm_plus_fused(x, gamma, alpha, beta):
     return torch.addcmul(shift.to(x.dtype)[..., None, None], x, scale.to(x.dtype)[..., None, None])
 
 
+def _instance_norm_plus_folded(x, gamma, alpha, beta):
+    """The "++" formula for an NCHW x under autograd: instance_norm's own computation (one batch-norm kernel over x
+    viewed as (1, B*F, H, W)) with the whole affine part folded into that kernel's per-channel weight and bias,
+    z = gamma * x_hat + (gamma * alpha * (mu_k - m) / sqrt(v + eps) + beta): one full-size kernel forward and one
+    backward, instead of instance_norm plus three full-size passes and their backward.  The channel-mean term
+    (:func:`standardized_channel_means`) is differentiated as in the official form; the result equals the
+    reference up to floating-point rounding (tests/test_speed.py).  The weight and bias stay in the statistics'
+    precision (the kernel accepts float32 factors for a half-precision x); the output has x's dtype."""
+    b, f, h, w = x.shape
+    bias = gamma * alpha * standardized_channel_means(x)           # (B, F)
+    if beta is not None:
+        bias = bias + beta
+    weight = gamma.expand(b, f).to(bias.dtype)
+    z = F.batch_norm(x.reshape(1, b * f, h, w), None, None, weight.reshape(b * f), bias.reshape(b * f),
+                     training=True, eps=EPS)
+    return z.view(b, f, h, w)
+
+
 def instance_norm_plus(x, gamma, alpha, beta, fused=False):
-    """InstanceNorm++ of x (B, F, H, W): the official order of operations, or (``fused``) the one-pass affine form
-    where no gradient is taken (sampling, test losses).  Under autograd the official form is kept even when ``fused``:
-    for NCHW x its backward is instance_norm's single kernel, while the affine form's backward is a chain of
-    full-size passes (measured slower in training, docs/speed.md).  A channels-last x (a CUDA training network) is
-    normalised with layout-preserving reductions (:func:`_instance_norm`).  The output has x's dtype and layout."""
+    """InstanceNorm++ of x (B, F, H, W): the official order of operations, or (``fused``) a fused form of the same
+    formula: where no gradient is taken (sampling, test losses) the one-pass affine map
+    (:func:`_instance_norm_plus_fused`); under autograd for an NCHW x (training on a CPU) the affine part folded into
+    instance_norm's own kernel (:func:`_instance_norm_plus_folded`), whose backward is one kernel too (the affine
+    map's backward would be a chain of full-size passes, measured slower in training, docs/speed.md).  A
+    channels-last x under autograd (a CUDA training network) keeps the official form with layout-preserving
+    reductions (:func:`_instance_norm`).  The output has x's dtype and layout."""
     if fused and not (torch.is_grad_enabled() and x.requires_grad):
         return _instance_norm_plus_fused(x, gamma, alpha, beta)
+    if fused and not _is_channels_last_only(x):
+        return _instance_norm_plus_folded(x, gamma, alpha, beta)
     return _instance_norm_plus(x, gamma, alpha, beta)
 
 

@@ -36,10 +36,14 @@ def true64():
     return torch.load(path, weights_only=True)
 
 
-@pytest.mark.parametrize("compute", [SLOW, FAST], ids=["faithful", "fast"])
-def test_float64_matches_the_official_code_run_in_float64(golden, true64, compute):   # noqa: F811
+@pytest.mark.parametrize("compute, training", [(SLOW, False), (FAST, False), (FAST, True)],
+                         ids=["faithful", "fast", "fast-cpu-training"])
+def test_float64_matches_the_official_code_run_in_float64(golden, true64, compute, training):   # noqa: F811
+    """Every path to 1e-12: the faithful one, the fast sampling network (channels-last, the fused norm's affine map
+    without gradients) and the fast network as a CPU trains it (NCHW, the norm folded into instance_norm's kernel
+    under autograd)."""
     data, _, _ = golden
-    model = prepare_model(golden_model(golden, torch.float64), compute)
+    model = prepare_model(golden_model(golden, torch.float64), compute, training=training)
     x, labels, sigmas, z = data["x"], data["labels"], data["sigmas"], data["z"]
     with torch.no_grad():
         assert rel_err(model(to_layout(x, compute), labels), true64["out"]) < TOL_TRUE64
@@ -84,6 +88,46 @@ def test_fused_norm_negative_control(golden, true64, monkeypatch):   # noqa: F81
         assert rel_err(model(data["x"], data["labels"]), true64["out"]) > 1e-6
 
 
+def test_folded_norm_negative_control(golden, true64, monkeypatch):   # noqa: F811
+    """The same for the training form: a folded norm with alpha off by 1e-3 misses the golden gradients by far."""
+    import models.normalization as normalization
+    folded = normalization._instance_norm_plus_folded
+
+    def wrong(x, gamma, alpha, beta):
+        return folded(x, gamma, alpha * (1 + 1e-3), beta)
+    monkeypatch.setattr(normalization, "_instance_norm_plus_folded", wrong)
+    data, _, _ = golden
+    model = prepare_model(golden_model(golden, torch.float64), FAST, training=True)
+    loss = anneal_dsm_score_estimation(model, data["x"], data["labels"], data["sigmas"], anneal_power=2.0,
+                                       noise=data["z"])
+    loss.backward()
+    grads = strip_module(true64["grads"])
+    assert max(rel_err(p.grad, grads[name]) for name, p in model.named_parameters()) > 1e-6
+
+
+def test_folded_norm_differentiates_twice_and_keeps_half_precision():
+    """The folded InstanceNorm++ (training on a CPU) passes gradcheck and gradgradcheck in float64 (sliced score
+    matching differentiates the network's input gradient), for the conditional (per-example parameters) and the
+    unconditional (shared parameters) form; under bf16 autocast it returns bf16, within 2e-2 of the float64 result
+    of the same bf16 input."""
+    from models.normalization import _instance_norm_plus, _instance_norm_plus_folded
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 3, 4, 4, dtype=torch.float64, generator=gen).requires_grad_()
+    for rows in (2, 1):
+        gamma, alpha, beta = (torch.randn(rows, 3, dtype=torch.float64, generator=gen).requires_grad_()
+                              for _ in range(3))
+        args = (x, gamma, alpha, beta)
+        assert (_instance_norm_plus_folded(*args) - _instance_norm_plus(*args)).abs().max().item() < 1e-13
+        assert torch.autograd.gradcheck(_instance_norm_plus_folded, args)
+        assert torch.autograd.gradgradcheck(_instance_norm_plus_folded, args)
+    xb = (3 + 2 * torch.randn(4, 16, 8, 8, generator=gen)).bfloat16().requires_grad_()
+    gamma, alpha, beta = (1 + 0.1 * torch.randn(4, 16, generator=gen) for _ in range(3))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = _instance_norm_plus_folded(xb, gamma, alpha, beta)
+    reference = _instance_norm_plus(xb.detach().double(), gamma.double(), alpha.double(), beta.double())
+    assert out.dtype == torch.bfloat16 and (out.double() - reference).abs().max().item() < 2e-2
+
+
 def test_one_training_step_of_the_runner_tracks_the_faithful_path():
     """Through the runner's own objective and step function: the same loss and gradients to 1e-5 / 1e-4."""
     results = {}
@@ -113,7 +157,7 @@ def test_state_dict_keys_and_contents_do_not_depend_on_the_compute_path():
     assert fast.begin_conv.weight.is_contiguous(memory_format=torch.channels_last)
     switches = [(m.fast if hasattr(m, "fast") else m.as_conv) for m in fast.modules() if hasattr(m, "fast")
                 or hasattr(m, "as_conv")]
-    assert len(switches) == 1 + 4 and all(switches)          # the one shared ELU, the four CRP pools
+    assert len(switches) == 1 + 4 + 2 and all(switches)   # the one shared ELU, the four CRP pools, res2's two mean pools
 
 
 def test_auto_precision_follows_the_hardware():
@@ -222,15 +266,17 @@ def test_benchmark_states_tf32_and_measures_each_row_against_its_own_peak(monkey
 
 
 def test_fast_elu_and_pool_are_torch_s_to_rounding_and_differentiate_twice():
-    """The ELU from exp and the CRP pool as a convolution of ones (compute.fast_elu, compute.pool_as_conv) give
-    F.elu and F.avg_pool2d(5, 1, 2) to float64 rounding, values and gradients, and stay twice differentiable (sliced
+    """The ELU from exp and the average pools as convolutions of ones (compute.fast_elu, compute.pool_as_conv) give
+    F.elu, F.avg_pool2d(5, 1, 2) (the CRP's) and F.avg_pool2d(2) (the downsampling mean pool) to float64 rounding,
+    values and gradients, and stay twice differentiable (sliced
     score matching takes a gradient of an input gradient); in bfloat16 the ELU rounds like F.elu (its exponential
     is taken in float32)."""
-    from models.layers import ELU, AvgPool5
+    from models.layers import ELU, AvgPool5, average_pool
     elu, pool = ELU(), AvgPool5()
     elu.fast, pool.as_conv = True, True
-    x = (3 * torch.randn(3, 5, 9, 9, dtype=torch.float64, generator=torch.Generator().manual_seed(0))).requires_grad_()
-    for fast, ref in ((elu, torch.nn.functional.elu), (pool, lambda t: torch.nn.functional.avg_pool2d(t, 5, 1, 2))):
+    x = (3 * torch.randn(3, 5, 10, 10, dtype=torch.float64, generator=torch.Generator().manual_seed(0))).requires_grad_()
+    for fast, ref in ((elu, torch.nn.functional.elu), (pool, lambda t: torch.nn.functional.avg_pool2d(t, 5, 1, 2)),
+                      (lambda t: average_pool(t, 2, 2, 0, True), lambda t: torch.nn.functional.avg_pool2d(t, 2))):
         out, expected = fast(x), ref(x)
         assert (out - expected).abs().max().item() < 1e-15
         g = torch.randn_like(out)
