@@ -1,5 +1,6 @@
 """The report of benchmarks/quality_cost.py: its rows as a markdown table (averaged over seeds) and its figures
 (every combination of one run; FID against NFE from --nfe-grid results of several runs)."""
+import textwrap
 from pathlib import Path
 
 from reports.outputs import save_figure
@@ -97,7 +98,7 @@ def plot_grid(results, path, title):
     ax.set_yscale("log")
     ax.set_xlabel("network evaluations per sample")
     ax.set_ylabel("FID (lower is better)" if metric == "fid" else "MMD$^2$ to i.i.d. data (lower is better)")
-    ax.set_title(title, fontsize=9)
+    ax.set_title("\n".join(textwrap.wrap(title, 100)), fontsize=9)     # several runs: one line would be cut
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.tight_layout()
     save_figure(fig, path, dpi=110)

@@ -68,7 +68,7 @@ def prepare_model(model, compute, training=False):
     """Apply ``compute``'s layout and kernels to a bare network on its device, in place (before any wrapper):
     channels-last weights, the fused InstanceNorm++ (every module with a ``fused`` switch: the affine map where no
     gradient is taken, folded into instance_norm's kernel when an NCHW network trains), the ELU from ``exp``
-    (``fast``) and the average pools as depthwise convolutions (``as_conv``).
+    (``fast``) and the CRP pool as a depthwise convolution (``as_conv``).
     A network for training on a CPU stays NCHW whatever ``compute.channels_last`` says: measured there,
     channels-last made training steps slower (0.95x digits, 0.72x MNIST; docs/speed.md).  State-dict keys are
     unchanged."""

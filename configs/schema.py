@@ -267,7 +267,7 @@ class Compute:
     fused_norm: bool = True            # InstanceNorm++ in fewer passes: one affine pass without gradients, folded into
     #                                    instance_norm's kernel when training NCHW (models/normalization.py)
     fast_elu: bool = True              # ELU's negative part from exp, not torch's slower expm1 kernel (models/layers.py)
-    pool_as_conv: bool = True          # the average pools as depthwise convolutions of ones (models/layers.py)
+    pool_as_conv: bool = True          # the CRP's 5x5 average pool as a depthwise convolution of ones (models/layers.py)
     compile: bool = False              # torch.compile the network (the first run compiles for minutes on a CPU;
     #                                    cached); refused for training with training.algo ssm (check_training)
     compile_mode: str = "default"      # torch.compile's mode; 'reduce-overhead' captures CUDA graphs on CUDA

@@ -10,8 +10,8 @@ the whole network.  The label convention is ``y=None``:
 Module attribute names, parameter shapes and registration order reproduce the official state dict (key names such as
 ``1_2_norm``, ``normalize1`` registered last, CRP pooling under ``maxpool``), so official checkpoints and optimizer
 states load.  RefineNet blocks follow Lin et al. 2017 (RCU, MSF, CRP), with the NCSN changes of Appendix A.1.
-``ELU`` is the network's activation and ``average_pool`` its average pools (the CRP's and the downsampling mean
-pool), each with a speed switch that changes rounding only (``compute.fast_elu``, ``compute.pool_as_conv``).
+``ELU`` and ``AvgPool5`` are the network's activation and CRP pool, each with a speed switch that changes rounding
+only (``compute.fast_elu``, ``compute.pool_as_conv``).
 """
 from functools import partial
 
@@ -54,31 +54,24 @@ class ELU(nn.Module):
         return _ELUFromExp.apply(x) if self.fast else F.elu(x)
 
 
-def average_pool(x, size, stride, padding, as_conv):
-    """``F.avg_pool2d(x, size, stride, padding)`` (zero padding counted in the average), or (``as_conv``, the speed
-    option ``compute.pool_as_conv``) the same sum of size x size neighbours as a depthwise convolution with a kernel
-    of ones (exact in every dtype), divided by size^2: on CPUs torch's average-pool kernels, and their backward, are
-    many times slower than oneDNN's depthwise convolution (docs/speed.md).  The two differ by floating-point
-    rounding only (tests/test_speed.py)."""
-    if not as_conv:
-        return F.avg_pool2d(x, kernel_size=size, stride=stride, padding=padding)
-    channels = x.shape[1]
-    ones = torch.ones(channels, 1, size, size, dtype=x.dtype, device=x.device)
-    out = F.conv2d(x, ones, stride=stride, padding=padding, groups=channels)
-    return out.div_(size * size)            # a fresh conv output: in place is safe
-
-
 class AvgPool5(nn.Module):
     """The CRP pool: 5x5 average, stride 1, zero padding 2 counted in the average (``nn.AvgPool2d(5, 1, 2)``; no
-    parameters, nothing in the state dict).  ``as_conv``: see :func:`average_pool` (set by compute/precision.py
-    ``prepare_model``)."""
+    parameters, nothing in the state dict).  ``as_conv`` is a speed option (``compute.pool_as_conv``, set by
+    compute/precision.py ``prepare_model``): the same sum of 25 neighbours as a depthwise convolution with a kernel
+    of ones (exact in every dtype), divided by 25; on CPUs torch's average-pool kernels, and their backward, are many
+    times slower than oneDNN's depthwise convolution (docs/speed.md).  The two differ by floating-point rounding
+    only (tests/test_speed.py)."""
 
     def __init__(self):
         super().__init__()
         self.as_conv = False
 
     def forward(self, x):
-        return average_pool(x, 5, 1, 2, self.as_conv)
+        if not self.as_conv:
+            return F.avg_pool2d(x, kernel_size=5, stride=1, padding=2)
+        channels = x.shape[1]
+        ones = torch.ones(channels, 1, 5, 5, dtype=x.dtype, device=x.device)
+        return F.conv2d(x, ones, padding=2, groups=channels).div_(25)   # a fresh conv output: in place is safe
 
 
 def apply_norm(norm, x, y):
@@ -105,13 +98,12 @@ class ConvMeanPool(nn.Module):
     def __init__(self, input_dim, output_dim, kernel_size=3):
         super().__init__()
         self.conv = nn.Conv2d(input_dim, output_dim, kernel_size, stride=1, padding=kernel_size // 2, bias=True)
-        self.as_conv = False        # a speed option (:func:`average_pool`), not a weight: not in the state dict
 
     def forward(self, x):
         h, w = x.shape[-2:]
         if h % 2 or w % 2:
             raise ValueError(f"ConvMeanPool needs even spatial sizes, got {h}x{w}")
-        return average_pool(self.conv(x), 2, 2, 0, self.as_conv)
+        return F.avg_pool2d(self.conv(x), kernel_size=2)
 
 
 class ResidualBlock(nn.Module):
