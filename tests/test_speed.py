@@ -74,30 +74,23 @@ def test_float32_fast_path_tracks_the_faithful_one_on_the_golden_model(golden): 
     assert worst < 1e-4
 
 
-def test_fused_norm_negative_control(golden, true64, monkeypatch):   # noqa: F811
-    """The 1e-12 comparison can fail: a fused norm with the biased variance of the channel means misses it by far."""
+@pytest.mark.parametrize("form", ["_instance_norm_plus_fused", "_instance_norm_plus_folded"])
+def test_fast_norm_negative_control(form, golden, true64, monkeypatch):   # noqa: F811
+    """The 1e-12 comparisons can fail: the sampling (fused) or training (folded) norm with alpha off by 1e-3 misses
+    the golden output, or the golden gradients, by far."""
     import models.normalization as normalization
-    fused = normalization._instance_norm_plus_fused
+    right = getattr(normalization, form)
 
     def wrong(x, gamma, alpha, beta):
-        return fused(x, gamma, alpha * (1 + 1e-3), beta)
-    monkeypatch.setattr(normalization, "_instance_norm_plus_fused", wrong)
+        return right(x, gamma, alpha * (1 + 1e-3), beta)
+    monkeypatch.setattr(normalization, form, wrong)
     data, _, _ = golden
-    model = prepare_model(golden_model(golden, torch.float64), FAST)
-    with torch.no_grad():
-        assert rel_err(model(data["x"], data["labels"]), true64["out"]) > 1e-6
-
-
-def test_folded_norm_negative_control(golden, true64, monkeypatch):   # noqa: F811
-    """The same for the training form: a folded norm with alpha off by 1e-3 misses the golden gradients by far."""
-    import models.normalization as normalization
-    folded = normalization._instance_norm_plus_folded
-
-    def wrong(x, gamma, alpha, beta):
-        return folded(x, gamma, alpha * (1 + 1e-3), beta)
-    monkeypatch.setattr(normalization, "_instance_norm_plus_folded", wrong)
-    data, _, _ = golden
-    model = prepare_model(golden_model(golden, torch.float64), FAST, training=True)
+    training = form.endswith("folded")
+    model = prepare_model(golden_model(golden, torch.float64), FAST, training=training)
+    if not training:
+        with torch.no_grad():
+            assert rel_err(model(data["x"], data["labels"]), true64["out"]) > 1e-6
+        return
     loss = anneal_dsm_score_estimation(model, data["x"], data["labels"], data["sigmas"], anneal_power=2.0,
                                        noise=data["z"])
     loss.backward()
