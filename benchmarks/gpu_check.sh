@@ -10,14 +10,14 @@
 #   env       the GPU, torch, CUDA and TF32 state; wheels from .whl/ installed into a scratch folder if present
 #   tests     the CUDA tests (pytest -m cuda: training, resume, every sampler, --eval, --compare, fp16, bf16,
 #             channels-last, compile and CUDA graphs, DDP over NCCL)
-#   cli       the CLI end to end on CUDA on the digits: train, resume, --test with langevin, pc, ode, heun and inpainting,
-#             --eval (a TorchScript stand-in for the Inception network) and --compare
+#   cli       the CLI end to end on CUDA on the digits: train, resume, --test with langevin, pc, ode, heun,
+#             euler_ancestral and inpainting, --eval (a TorchScript stand-in for the Inception network) and --compare
 #   bench     benchmarks/bench.py on the MNIST and CIFAR-10 settings: training and sampling images/s for eager
 #             float32 (TF32 off), TF32, the shipped defaults (bf16 where native, channels-last)
 #   compile   the same on CIFAR-10 with torch.compile and CUDA graphs
 #   export    the time of a 50,000-sample CIFAR-10 export (--eval, 10 x 100 Langevin steps), projected from the
-#             Langevin step at batch 500, beside the same export with a Karras-schedule sampler at 35 and 100 network
-#             evaluations per sample (sampling.method heun, sampling.nfe)
+#             Langevin step at batch 500, beside the same export at 20, 50 and 100 network evaluations per sample
+#             (sampling.nfe): Euler ancestral, the fastest sampler at the paper's quality (docs/quality_cost.md)
 # At the end a summary: each step's result and wall time, and where its log is.
 set -uo pipefail
 cd "$(dirname "$0")/.." || exit 2
@@ -47,11 +47,14 @@ SITE=/tmp/ncsn_gpu_check_site
 NAMES=()
 RESULTS=()
 TIMES=()
+TOTAL=0
 
 step() {    # step NAME SECONDS COMMAND: run COMMAND (a bash string) under a time limit, its output in OUTDIR/NAME.log
     local name="$1" limit="$2" command="$3"
     if [ "$DRY" = 1 ]; then
         printf '[%s] (at most %s s)\n    %s\n' "$name" "$limit" "$command"
+        NAMES+=("$name")
+        TOTAL=$(( TOTAL + limit ))
         return 0
     fi
     echo "== $name (at most $limit s)"
@@ -85,10 +88,10 @@ export PYTHONPATH="$SITE${PYTHONPATH:+:$PYTHONPATH}"
 
 step tests 150 "$PY -m pytest -q -m cuda -p no:cacheprovider tests/test_cuda.py -rs"
 
-step cli 100 "$PY benchmarks/gpu_check_setup.py $WORK && \
+step cli 110 "$PY benchmarks/gpu_check_setup.py $WORK && \
 $M --config $WORK/train.yml --doc g && \
 $M --resume_training --config $WORK/more.yml --doc g && \
-for s in langevin pc ode heun inpaint; do $M --test --doc g --config $WORK/s_\$s.yml -o $WORK/test_\$s || exit 1; done && \
+for s in langevin pc ode heun euler_ancestral inpaint; do $M --test --doc g --config $WORK/s_\$s.yml -o $WORK/test_\$s || exit 1; done && \
 $M --eval --doc g -o $WORK/eval && cp $WORK/eval/metrics.json $OUTDIR/cli_metrics.json && \
 $M --compare --doc g -o $WORK/compare && cp $WORK/compare/comparison.json $OUTDIR/cli_comparison.json"
 
@@ -99,10 +102,10 @@ step compile 60 "$PY benchmarks/bench.py --device cuda --settings cifar10 --quic
 --json $OUTDIR/bench_compile.json"
 
 step export 40 "$PY benchmarks/bench.py --device cuda --settings cifar10 --quick --reps 5 --sample-batch 500 \
---export 50000 --export-nfe 35 100 --json $OUTDIR/bench_export.json"
+--export 50000 --export-nfe 20 50 100 --json $OUTDIR/bench_export.json"
 
 if [ "$DRY" = 1 ]; then
-    echo "dry run: 6 steps, at most 470 s in all; nothing was run"
+    echo "dry run: ${#NAMES[@]} steps, at most $TOTAL s in all; nothing was run"
     exit 0
 fi
 echo

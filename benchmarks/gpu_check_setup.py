@@ -17,6 +17,7 @@ SAMPLERS = {    # overlay name: sampling section of a --test
     "pc": {"method": "pc", "predictor": "reverse_diffusion", "corrector": "langevin", "n_steps_each": 1},
     "ode": {"method": "ode"},
     "heun": {"method": "heun", "nfe": 35, "denoise": True},
+    "euler_ancestral": {"method": "euler_ancestral", "nfe": 50, "denoise": True},
     "inpaint": {"method": "langevin", "inpainting": True, "inpainting_mask": "centre_box"},
 }
 

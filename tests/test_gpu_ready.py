@@ -134,12 +134,14 @@ def test_the_device_check_lists_its_steps_on_a_cpu(tmp_path):
     assert p.returncode == 0, p.stderr
     steps = re.findall(r"^\[(\w+)\] \(at most (\d+) s\)\n    (.+)$", p.stdout, flags=re.M)
     assert [s[0] for s in steps] == ["env", "tests", "cli", "bench", "compile", "export"]
-    assert sum(int(s[1]) for s in steps) <= 480
+    total = sum(int(s[1]) for s in steps)
+    assert total <= 480 and p.stdout.rstrip().endswith(f"dry run: 6 steps, at most {total} s in all; nothing was run")
     commands = dict((s[0], s[2]) for s in steps)
     assert "-m cuda" in commands["tests"] and "tests/test_cuda.py" in commands["tests"]
     for flag in ("--resume_training", "--test", "--eval", "--compare", "s_$s.yml", "--device cuda"):
         assert flag in commands["cli"], flag
-    assert "--compile" in commands["compile"] and "--export 50000" in commands["export"]
+    assert "euler_ancestral" in commands["cli"]     # the study's fastest sampler at the paper's quality
+    assert "--compile" in commands["compile"] and "--export 50000 --export-nfe 20 50 100" in commands["export"]
     assert "--settings mnist cifar10" in commands["bench"]
     assert not (tmp_path / "out").exists()
     bad = subprocess.run(["bash", str(REPO / "benchmarks" / "gpu_check.sh"), "--nope"], capture_output=True,
